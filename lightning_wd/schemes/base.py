@@ -1,0 +1,76 @@
+"""The interface every decay scheme implements."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Scheme", "soft_threshold_"]
+
+
+class Scheme:
+    """One decay rule, applied to a list of tensors that share a learning rate and a strength.
+
+    The callback calls, around each real optimizer step (after the closure, backward and clipping):
+
+    * :meth:`before_update` -- the part the optimizer can do itself when ``native`` matches it
+      (``"decoupled"``: AdamW-style ``weight_decay``; ``"coupled"``: SGD/Adam-style L2 on the gradient);
+      skipped when the optimizer does it natively with ``native_strength(strength)``;
+    * the optimizer's own update;
+    * :meth:`after_update` -- proximal steps (exact zeros) and anything needing the update.
+
+    ``rate`` is the decay multiplier of this step: ``lr * strength`` under the default lr coupling.
+    ``state`` is the scheme's per-bucket dict (reference weights, snapshots, ...).
+    """
+
+    name: ClassVar[str]
+    native: ClassVar[str | None] = None
+
+    def native_strength(self, strength: float) -> float:
+        """The ``weight_decay`` an optimizer of kind :attr:`native` needs to do :meth:`before_update`."""
+        return strength
+
+    def prepare(self, params: list[Tensor], state: dict) -> None:
+        """Create per-bucket state once, at fit start."""
+
+    def before_update(self, params: list[Tensor], grads: list[Tensor], rate: float, strength: float,
+                      state: dict) -> None:
+        """Runs after the gradients are final and before the optimizer's update."""
+
+    def after_update(self, params: list[Tensor], rate: float, strength: float, state: dict) -> None:
+        """Runs after the optimizer's update."""
+
+    def penalty(self, params: list[Tensor], strength: float, state: dict) -> Tensor | None:
+        """The value of the regularisation term this scheme minimises, or None if it has none."""
+        return None
+
+
+def soft_threshold_(params: list[Tensor], threshold: float) -> None:
+    """In place ``w <- sign(w) * max(|w| - threshold, 0)``, computed as ``w - clamp(w, -t, t)`` (exact zeros).
+
+    Example:
+        >>> w = [torch.tensor([-1.0, -0.2, 0.0, 0.3, 2.0])]
+        >>> soft_threshold_(w, 0.5); w[0]
+        tensor([-0.5000,  0.0000,  0.0000,  0.0000,  1.5000])
+    """
+    if threshold <= 0 or not params:
+        return
+    clipped = torch._foreach_clamp_min(params, -threshold)
+    torch._foreach_clamp_max_(clipped, threshold)
+    torch._foreach_sub_(params, clipped)
+
+
+def squared_norm(params: list[Tensor]) -> Tensor:
+    """``sum ||w||^2`` over the tensors, as a 0-d tensor."""
+    if not params:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm(params, 2)).square().sum()
+
+
+def l1_norm(params: list[Tensor]) -> Tensor:
+    """``sum ||w||_1`` over the tensors, as a 0-d tensor."""
+    if not params:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm(params, 1)).sum()
