@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from lightning_wd.grouping import NO_DECAY
+
 __all__ = ["render"]
 
 
@@ -15,7 +17,11 @@ def _count(n: int) -> str:
 
 
 def render(plan, max_notable: int = 12) -> str:
-    """Counts per group, then the exclusions worth knowing about (all but plain biases and 1-D tensors).
+    """Counts per group, the reasons for the exclusions, then the decisions worth knowing about.
+
+    The last part lists every row whose reason is not a plain weight, bias, 1-D tensor or norm layer:
+    user rules, multipliers, the model's ``no_weight_decay()``, ``_no_weight_decay`` marks, embeddings,
+    tied aliases and frozen tensors.
 
     Example:
         >>> from torch import nn
@@ -36,7 +42,8 @@ def render(plan, max_notable: int = 12) -> str:
     if skipped:
         lines.append(f"{'(not grouped)':<{_width(plan)}} {len(skipped):>7} "
                      f"{_count(sum(r.numel for r in skipped)):>7}")
-    excluded = Counter(r.reason for r in plan.rows if r.group is not None and not r.decayed)
+    # Tensors the rules put in the no-decay group (not those of a decay group whose strength is 0).
+    excluded = Counter(r.reason for r in plan.rows if r.group == NO_DECAY)
     if excluded:
         lines.append("excluded (reason: tensors): " + ", ".join(f"{k}: {v}" for k, v in sorted(excluded.items())))
     notable = [r for r in plan.rows if r.reason not in ("weight", "bias", "ndim<=1")

@@ -25,7 +25,9 @@ the owning module when prefixed with ``type:`` (``"type:Embedding"``, ``"type:*N
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +35,10 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-__all__ = ["AuditRow", "GroupPlan", "explain", "is_norm_module", "param_groups", "plan_groups"]
+__all__ = [
+    "AuditRow", "GroupPlan", "check_strength", "explain", "fingerprint", "is_norm_module", "param_groups",
+    "plan_groups",
+]
 
 DECAY = "decay"
 NO_DECAY = "no_decay"
@@ -98,9 +103,7 @@ class GroupPlan:
 def _as_patterns(value: str | Iterable[str] | None, argument: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    patterns = tuple(value)
+    patterns = (value,) if isinstance(value, str) else tuple(value)
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise TypeError(f"`{argument}` must hold non-empty glob strings, got {pattern!r}")
@@ -121,6 +124,15 @@ def _matches(pattern: str, names: Iterable[str], types: Iterable[str]) -> bool:
         target = pattern[len(TYPE_PREFIX) :]
         return any(fnmatchcase(t, target) for t in types)
     return any(fnmatchcase(n, pattern) for n in names)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised in this package at the first frame outside it."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1  # level 1: the function that calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _declared_no_decay(model: nn.Module) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -189,6 +201,8 @@ def plan_groups(
 
     globs, keywords = _declared_no_decay(model) if use_model_no_weight_decay else ([], [])
     used: set[str] = set()
+    shadowed: set[str] = set()  # multiplier patterns that matched, but after an earlier one
+    undecayed: set[str] = set()  # multiplier patterns that matched tensors that do not decay
     rows: list[AuditRow] = []
     members: dict[str, list[tuple[str, nn.Parameter]]] = {}
     seen: set[int] = set()
@@ -196,14 +210,14 @@ def plan_groups(
     def decide(name: str, param: nn.Parameter) -> tuple[bool, str]:
         names = aliases[id(param)]
         types = [type(owners[n]).__name__ for n in names]
-        for pattern in include_patterns:
-            if _matches(pattern, names, types):
-                used.add(pattern)
-                return True, f"user include {pattern!r}"
-        for pattern in exclude_patterns:
-            if _matches(pattern, names, types):
-                used.add(pattern)
-                return False, f"user exclude {pattern!r}"
+        # Every matching user pattern counts as used, also one overridden by an include that wins.
+        included = [p for p in include_patterns if _matches(p, names, types)]
+        excluded = [p for p in exclude_patterns if _matches(p, names, types)]
+        used.update(included, excluded)
+        if included:
+            return True, f"user include {included[0]!r}"
+        if excluded:
+            return False, f"user exclude {excluded[0]!r}"
         if getattr(param, "_no_weight_decay", False):
             return False, "marked _no_weight_decay"
         for pattern, source in globs:
@@ -234,22 +248,31 @@ def plan_groups(
             continue
         decays, reason = decide(name, param)
         group, strength = (DECAY, weight_decay) if decays else (NO_DECAY, 0.0)
-        if decays:
-            names = aliases[id(param)]
-            types = [type(owners[n]).__name__ for n in names]
-            for pattern, factor in multipliers.items():
-                if _matches(pattern, names, types):
-                    used.add(pattern)
-                    group, strength = f"{DECAY}[{pattern}]", weight_decay * factor
-                    reason += f", x{factor:g} by {pattern!r}"
-                    break
+        names = aliases[id(param)]
+        types = [type(owners[n]).__name__ for n in names]
+        hits = [pattern for pattern in multipliers if _matches(pattern, names, types)]
+        if hits and decays:  # the first matching pattern scales; later ones are shadowed here
+            pattern, factor = hits[0], multipliers[hits[0]]
+            used.add(pattern)
+            shadowed.update(hits[1:])
+            group, strength = f"{DECAY}[{pattern}]", weight_decay * factor
+            reason += f", x{factor:g} by {pattern!r}"
+        else:  # a multiplier scales decay: it has nothing to scale on a tensor that does not decay
+            undecayed.update(hits)
         members.setdefault(group, []).append((name, param))
         rows.append(AuditRow(name, shape, numel, group, strength, reason))
 
-    for pattern in (*include_patterns, *exclude_patterns, *multipliers):
-        if pattern not in used:
-            warnings.warn(f"weight-decay pattern {pattern!r} matched no trainable parameter", UserWarning,
-                          stacklevel=2)
+    for pattern in dict.fromkeys((*include_patterns, *exclude_patterns, *multipliers)):
+        if pattern in used:
+            continue
+        if pattern in shadowed:
+            message = (f"weight-decay multiplier pattern {pattern!r} matched only parameters that an earlier "
+                       "multiplier pattern already scales")
+        elif pattern in undecayed:
+            message = f"weight-decay multiplier pattern {pattern!r} matched only parameters that do not decay"
+        else:
+            message = f"weight-decay pattern {pattern!r} matched no trainable parameter"
+        warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
 
     order = [DECAY, *(f"{DECAY}[{p}]" for p in multipliers), NO_DECAY]
     strengths = {row.group: row.strength for row in rows if row.group is not None}

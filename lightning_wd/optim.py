@@ -46,7 +46,7 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torc
         module, _, attr = optimizer.rpartition(".")
         try:
             candidate = getattr(importlib.import_module(module), attr, None)
-        except ImportError:
+        except (ImportError, ValueError):  # ValueError: an empty module name, as in ".Adam"
             candidate = None
     if inspect.isclass(candidate) and issubclass(candidate, torch.optim.Optimizer):
         return candidate
@@ -59,6 +59,8 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torc
 def _fast_implementation(cls: type[torch.optim.Optimizer], groups: list[dict], kwargs: dict) -> dict:
     """Ask for the fused (else foreach) implementation when torch offers it for these tensors."""
     if "fused" in kwargs or "foreach" in kwargs:
+        return kwargs
+    if kwargs.get("differentiable"):  # neither fused nor foreach kernels support autograd through step()
         return kwargs
     accepted = inspect.signature(cls.__init__).parameters
     params = [p for g in groups for p in g["params"]]
@@ -129,7 +131,9 @@ def build_optimizer(
         exclude_embeddings=exclude_embeddings, use_model_no_weight_decay=use_model_no_weight_decay,
     )
     groups = plan.groups
-    if "weight_decay" not in inspect.signature(cls.__init__).parameters:
+    accepted = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    if "weight_decay" not in accepted and not takes_any:
         if any(g["weight_decay"] for g in groups):
             raise ValueError(f"`optimizer` {cls.__name__} has no weight_decay; use the WeightDecay callback")
         groups = [{k: v for k, v in g.items() if k != "weight_decay"} for g in groups]
@@ -139,9 +143,13 @@ def build_optimizer(
 class GroupedOptimizer:
     """An optimizer callable for LightningCLI: configured from YAML, called with the model.
 
-    Declare it as a ``LightningModule.__init__`` argument, e.g.
-    ``optimizer: Callable[[nn.Module], Optimizer] = GroupedOptimizer()`` (or typed ``GroupedOptimizer``),
-    and call ``self.hparams.optimizer(self)`` in ``configure_optimizers``. In YAML::
+    Declare it as a ``LightningModule.__init__`` argument typed ``GroupedOptimizer``, e.g.
+    ``optimizer: GroupedOptimizer = lazy_instance(GroupedOptimizer, weight_decay=0.05)``, and call
+    ``self.hparams.optimizer(self)`` in ``configure_optimizers``. Do not type it
+    ``Callable[[nn.Module], Optimizer]``: jsonargparse (4.53) then accepts as ``class_path`` only
+    subclasses of ``Optimizer``. Prefer ``jsonargparse.lazy_instance`` to a plain instance as the default:
+    with a plain one, overriding a single field (``--model.optimizer.lr 0.1``) resets the others to the
+    class defaults. In YAML::
 
         model:
           optimizer:
