@@ -29,7 +29,7 @@ class Cautious(Scheme):
         if not rate or not params:
             return
         old = state.get("old")
-        if old is None or len(old) != len(params):
+        if old is None or [o.shape for o in old] != [p.shape for p in params]:  # first step, or another subset
             old = state["old"] = [torch.empty_like(p) for p in params]
         torch._foreach_copy_(old, params)
         state["pending"] = True

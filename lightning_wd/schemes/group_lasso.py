@@ -9,14 +9,22 @@ from lightning_wd.schemes.base import Scheme
 
 
 def _layout(params: list[Tensor]) -> tuple[list[int], Tensor, Tensor, list[tuple[int, ...]]]:
+    # A tensor of ndim >= 2 has one unit per output row/channel; a 1-D or 0-d tensor is a single unit.
     rows = [p.shape[0] if p.ndim > 1 else 1 for p in params]
-    row_sizes = torch.tensor([p.numel() // r for p, r in zip(params, rows) for _ in range(r)])
-    return rows, row_sizes, row_sizes.double().sqrt(), [(r,) + (1,) * (p.ndim - 1) for p, r in zip(params, rows)]
+    row_sizes = torch.tensor([p.numel() // r for p, r in zip(params, rows) for _ in range(r)], dtype=torch.long)
+    shapes = [(r,) + (1,) * (p.ndim - 1) if p.ndim > 1 else (1,) * p.ndim for p, r in zip(params, rows)]
+    return rows, row_sizes, row_sizes.double().sqrt(), shapes
 
 
 def row_norms(params: list[Tensor], state: dict) -> Tensor:
-    """L2 norm of every output unit of every tensor, concatenated (one vectorised pass)."""
-    if "rows" not in state:
+    """L2 norm of every output unit of every tensor, concatenated (one vectorised pass).
+
+    The layout (units per tensor) is cached in ``state``, keyed by the tensors' shapes, so a call with
+    another subset of a bucket's tensors (some without a gradient this step) lays it out afresh.
+    """
+    key = tuple(tuple(p.shape) for p in params)
+    if state.get("layout_key") != key:
+        state["layout_key"] = key
         state["rows"], state["row_sizes"], state["sqrt_sizes"], state["shapes"] = _layout(params)
     flat = torch.cat([p.detach().reshape(-1) for p in params])
     sums = torch.segment_reduce(flat.square_(), "sum", lengths=state["row_sizes"].to(flat.device))
@@ -43,9 +51,6 @@ class GroupLasso(Scheme):
     def after_update(self, params, rate, strength, state):
         if rate <= 0 or not params:
             return
-        if state.get("count") != len(params):  # a subset of the bucket stepped: lay it out afresh
-            state.clear()
-            state["count"] = len(params)
         norms = row_norms(params, state)
         sqrt_sizes = state["sqrt_sizes"].to(norms)
         scale = (1.0 - rate * sqrt_sizes / norms).nan_to_num_(0.0, 0.0, 0.0).clamp_min_(0.0)
@@ -60,8 +65,11 @@ class GroupLasso(Scheme):
 
     @staticmethod
     def dead_units(params: list[Tensor], state: dict) -> int:
-        """How many output units are exactly zero."""
-        return int((row_norms(params, state) == 0).sum()) if params else 0
+        """How many output units are exactly zero (units with no weights at all are not counted)."""
+        if not params:
+            return 0
+        norms = row_norms(params, state)
+        return int(((norms == 0) & (state["row_sizes"].to(norms.device) > 0)).sum())
 
 
 __all__ = ["GroupLasso", "row_norms"]

@@ -24,10 +24,24 @@ class L2SP(Scheme):
 
     def prepare(self, params, state):
         state.setdefault("reference", [p.detach().clone() for p in params])
+        state["index"] = {id(p): i for i, p in enumerate(params)}
+
+    @staticmethod
+    def _references(params, state):
+        """The reference of each tensor of ``params``: all of the bucket's, or the subset that stepped."""
+        reference = state["reference"]
+        if len(reference) == len(params):
+            return reference
+        index = state.get("index")
+        if index is None or any(id(p) not in index for p in params):
+            raise ValueError(f"l2_sp: {len(params)} tensors but {len(reference)} reference tensors")
+        return [reference[index[id(p)]] for p in params]
 
     def before_update(self, params, grads, rate, strength, state):
         if rate and params:
-            torch._foreach_lerp_(params, state["reference"], rate)
+            torch._foreach_lerp_(params, self._references(params, state), rate)
 
     def penalty(self, params, strength, state):
-        return 0.5 * strength * squared_norm(torch._foreach_sub(params, state["reference"]))
+        if not params:
+            return torch.zeros(())
+        return 0.5 * strength * squared_norm(torch._foreach_sub(params, self._references(params, state)))
