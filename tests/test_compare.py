@@ -1,0 +1,147 @@
+"""``lightning-wd compare``: rows from MLflow runs, sorting, formats, and command-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+from fixtures_mlflow import free_port
+
+from lightning_wd.compare import ExperimentNotFound, TrackingUnavailable, compare_runs, format_table, main
+
+
+@pytest.fixture
+def store(mlflow_sqlite) -> str:
+    """A store with experiment ``sweep``: three finished or failed runs and one still running."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(mlflow_sqlite)
+    experiment = client.create_experiment("sweep")
+    now = int(time.time() * 1000)
+
+    def run(name, status, metrics, tags=(), params=(), seconds=90.0):
+        created = client.create_run(experiment, start_time=now, run_name=name)
+        run_id = created.info.run_id
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now + 1000 * i, step) for i, (k, v, step) in enumerate(metrics)],
+            params=[Param(k, v) for k, v in params],
+            tags=[RunTag(k, v) for k, v in tags],
+        )
+        if status != "RUNNING":
+            client.set_terminated(run_id, status, end_time=now + int(seconds * 1000))
+        return run_id
+
+    wd = [("lightning_wd.scheme", "decoupled"), ("lightning_wd.schedule", "cosine")]
+    run("low", "FINISHED", [("val/acc", 0.5, 0), ("val/acc", 0.8, 5), ("train/acc", 0.85, 5),
+                            ("train/loss", 0.4, 5), ("val/loss", 0.5, 5), ("wd/nonzero_fraction", 0.75, 5)],
+        tags=[*wd, ("lightning_wd.strength", "0.01")])
+    run("high", "FINISHED", [("val/acc", 0.9, 5), ("train/loss", 0.3, 5)],
+        tags=[*wd, ("lightning_wd.strength", "0.1")], seconds=3725)
+    run("failed", "FAILED", [("val/acc", 0.85, 2)], params=[("wd.scheme", "l1"), ("wd.weight_decay", "0.001")])
+    run("running", "RUNNING", [])
+    return mlflow_sqlite
+
+
+def test_rows_sorted_by_validation_accuracy(store):
+    rows = compare_runs("sweep", tracking_uri=store)
+    assert [r["run"] for r in rows] == ["high", "failed", "low", "running"]
+    low = rows[2]
+    assert low["val_acc"] == 0.8  # the value at the last step, not the best
+    assert (low["scheme"], low["strength"], low["schedule"]) == ("decoupled", 0.01, "cosine")
+    assert (low["train_acc"], low["train_loss"], low["val_loss"], low["nonzero_fraction"]) == (0.85, 0.4, 0.5, 0.75)
+    assert low["duration_s"] == 90.0 and low["status"] == "FINISHED"
+    failed = rows[1]
+    assert (failed["scheme"], failed["strength"], failed["schedule"]) == ("l1", 0.001, None)
+    running = rows[3]
+    assert running["status"] == "RUNNING" and running["duration_s"] is None and running["val_acc"] is None
+
+
+def test_environment_variable_names_the_store(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert len(compare_runs("sweep")) == 4
+
+
+def test_table_formats(store):
+    rows = compare_runs("sweep", tracking_uri=store)
+    table = format_table(rows).splitlines()
+    assert table[0].split() == ["run", "scheme", "strength", "schedule", "train_acc", "val_acc", "train_loss",
+                                "val_loss", "nonzero", "duration", "status"]
+    assert table[1].split() == ["high", "decoupled", "0.1", "cosine", "-", "0.9000", "0.3000", "-", "-",
+                                "1h02m", "FINISHED"]
+    assert table[3].split()[-2:] == ["1m30s", "FINISHED"]
+    assert table[4].split() == ["running"] + ["-"] * 9 + ["RUNNING"]
+
+    markdown = format_table(rows, "markdown").splitlines()
+    assert markdown[1] == "|---|---|---|---|---|---|---|---|---|---|---|"
+    assert markdown[2].startswith("| high | decoupled | 0.1 | cosine | - | 0.9000 |")
+    assert all(line.startswith("|") and line.endswith("|") for line in markdown)
+
+    parsed = list(csv.DictReader(io.StringIO(format_table(rows, "csv"))))
+    assert [r["run"] for r in parsed] == ["high", "failed", "low", "running"]
+    assert parsed[0]["val_acc"] == "0.9" and parsed[0]["duration_s"] == "3725.0" and parsed[0]["train_acc"] == ""
+    assert len(parsed[0]["run_id"]) == 32
+
+    assert format_table([], "csv").startswith("run,run_id,")
+    with pytest.raises(ValueError, match="fmt"):
+        format_table(rows, "html")
+
+
+def test_missing_values_and_odd_cells():
+    rows = [{"run": "a|b", "val_acc": float("nan"), "strength": "auto"}]
+    assert "a\\|b" in format_table(rows, "markdown")
+    assert format_table(rows).splitlines()[1].split()[:4] == ["a|b", "-", "auto", "-"]
+
+
+def test_command_prints_the_table(store, capsys):
+    assert main(["--experiment", "sweep", "--tracking-uri", store, "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].startswith("| high |")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--format", "xml"], "invalid choice: 'xml'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--experiment"], "expected one argument"),
+    ],
+)
+def test_command_rejects_bad_arguments(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lightning-wd compare: error: ") and message in err and err.count("\n") == 1
+
+
+def test_command_unknown_experiment(store, capsys):
+    assert main(["--experiment", "nope", "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no experiment 'nope'" in err and "sweep" in err
+    with pytest.raises(ExperimentNotFound):
+        compare_runs("nope", tracking_uri=store)
+
+
+def test_command_unreachable_server_fails_fast(capsys):
+    started = time.monotonic()
+    assert main(["--tracking-uri", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unreachable" in err and "Traceback" not in err
+
+
+def test_missing_default_store_is_not_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(TrackingUnavailable, match="no MLflow store"):
+        compare_runs()
+    assert main([]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "--tracking-uri" in capsys.readouterr().out
