@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 from collections.abc import Callable, Mapping
@@ -24,11 +25,20 @@ __all__ = ["LR_COUPLINGS", "WeightDecay"]
 LR_COUPLINGS = ("lr", "lr_ratio", "none", "corrected")
 
 
+def _number(value: float, argument: str) -> float:
+    """``check_strength`` with a ValueError also for a value of the wrong type (constructor arguments)."""
+    try:
+        return check_strength(value, argument)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
+
+
 @dataclass
 class _Bucket:
     """Tensors of one optimizer group that share a strength multiplier."""
 
-    group: dict
+    optimizer: torch.optim.Optimizer
+    index: int  # of the group in optimizer.param_groups
     names: list[str]
     params: list[torch.Tensor]
     multiplier: float
@@ -37,6 +47,13 @@ class _Bucket:
     lr_max: float
     state: dict = field(default_factory=dict)
     step: tuple = ()  # (active params, rate, strength) between before and after the update
+
+    @property
+    def group(self) -> dict:
+        # Looked up each time, never held: `optimizer.load_state_dict` (a resumed fit restores the optimizer
+        # after fit start) replaces the group dicts, and a stale one would neither see the LR scheduler's lr
+        # nor pass our weight_decay to the optimizer.
+        return self.optimizer.param_groups[self.index]
 
 
 class WeightDecay(Callback):
@@ -49,6 +66,11 @@ class WeightDecay(Callback):
     Everything else (proximal L1, group lasso, L2-SP, cautious) runs as vectorised passes around each
     real optimizer step: after the gradients are final (after accumulation and clipping) and before
     the update, and after the update.
+
+    A tensor that the optimizer holds but that is frozen at fit start (unfrozen later, as in finetuning)
+    is grouped by the rules like a trainable one: it decays once it receives gradients. Checkpoints keep
+    the step counters and the ``l2_sp`` reference weights; resuming with a different parameter ->
+    optimizer-group layout (e.g. another ``exclude`` when the groups are split) raises ``RuntimeError``.
 
     Args:
         scheme: one of ``decoupled`` (default), ``l2``, ``l1``, ``elastic_net``, ``group_lasso``,
@@ -69,7 +91,8 @@ class WeightDecay(Callback):
         reference: ``l2_sp`` only: a state dict (or a path to one) of the weights to decay toward;
             default: the weights at the start of training.
         zero_tolerance: statistics count ``|w| <= zero_tolerance`` as zero.
-        log_every_n_steps: statistics interval in optimizer steps (default: the Trainer's).
+        log_every_n_steps: statistics interval in optimizer steps (default: the Trainer's); the statistics
+            are also logged once at the end of training (rank zero only; each entry goes to ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay natively where it can (False: always self-applied).
@@ -110,16 +133,25 @@ class WeightDecay(Callback):
     ) -> None:
         if not isinstance(scheme, str) or scheme not in SCHEMES:
             raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        if isinstance(l1_ratio, bool) or not isinstance(l1_ratio, (int, float)) or not 0.0 <= l1_ratio <= 1.0:
+            raise ValueError(f"`l1_ratio` must be a number in [0, 1], got {l1_ratio!r}")  # for every scheme
+        for argument, value in (
+            ("exclude_bias", exclude_bias), ("exclude_1d", exclude_1d), ("exclude_norm", exclude_norm),
+            ("exclude_embeddings", exclude_embeddings), ("use_model_no_weight_decay", use_model_no_weight_decay),
+            ("per_layer_stats", per_layer_stats), ("print_audit", print_audit), ("native", native),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{argument}` must be True or False, got {value!r}")
         self.scheme = get_scheme(scheme, l1_ratio)
-        self.strength = check_strength(strength, "strength")
+        self.strength = _number(strength, "strength")
         if final_strength is not None:
-            check_strength(final_strength, "final_strength")
-        if lr_coupling not in LR_COUPLINGS:
+            _number(final_strength, "final_strength")
+        if not isinstance(lr_coupling, str) or lr_coupling not in LR_COUPLINGS:
             raise ValueError(f"`lr_coupling` must be one of {', '.join(LR_COUPLINGS)}, got {lr_coupling!r}")
         if scheme == "l2" and lr_coupling != "lr":
             raise ValueError("`lr_coupling` does not apply to scheme='l2' (coupled: lr never enters); leave it 'lr'")
         if timescale_epochs is not None:
-            if check_strength(timescale_epochs, "timescale_epochs") == 0:
+            if _number(timescale_epochs, "timescale_epochs") == 0:
                 raise ValueError("`timescale_epochs` must be > 0")
             if strength:
                 raise ValueError("give either `strength` or `timescale_epochs`, not both")
@@ -132,20 +164,31 @@ class WeightDecay(Callback):
         )
         if reference is not None and scheme != "l2_sp":
             raise ValueError("`reference` only applies to scheme='l2_sp'")
-        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1
+        ):
             raise ValueError(f"`log_every_n_steps` must be an integer >= 1 or None, got {log_every_n_steps!r}")
+        if multipliers is not None and not isinstance(multipliers, Mapping):
+            raise ValueError(f"`multipliers` must be a dict {{glob: factor >= 0}}, got {multipliers!r}")
+        for pattern in multipliers or {}:
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"`multipliers` keys must be non-empty glob strings, got {pattern!r}")
+        try:
+            exclude, include = list(_as_patterns(exclude, "exclude")), list(_as_patterns(include, "include"))
+        except TypeError as error:
+            raise ValueError(str(error)) from None
         self.rules = dict(
-            exclude=list(_as_patterns(exclude, "exclude")), include=list(_as_patterns(include, "include")),
+            exclude=exclude, include=include,
             multipliers=dict(multipliers or {}), exclude_bias=exclude_bias, exclude_1d=exclude_1d,
             exclude_norm=exclude_norm, exclude_embeddings=exclude_embeddings,
             use_model_no_weight_decay=use_model_no_weight_decay,
         )
         for pattern, factor in self.rules["multipliers"].items():
-            check_strength(factor, f"multipliers[{pattern!r}]")
+            _number(factor, f"multipliers[{pattern!r}]")
         self.timescale_epochs = timescale_epochs
         self.lr_coupling = lr_coupling
         self.reference = reference
-        self.zero_tolerance = check_strength(zero_tolerance, "zero_tolerance")
+        self.zero_tolerance = _number(zero_tolerance, "zero_tolerance")
         self.log_every_n_steps = log_every_n_steps
         self.per_layer_stats = per_layer_stats
         self.print_audit = print_audit
@@ -161,7 +204,11 @@ class WeightDecay(Callback):
         self._steps: list[int] = []
         self._loaded: dict = {}
         self._last_logged = -1
+        self._last_epoch = 0
         self._names: dict[int, str] = {}
+        self._held: set[str] = set()  # names of the tensors the optimizers hold
+        self._fitting = False
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ description
     @property
@@ -189,8 +236,12 @@ class WeightDecay(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._reset_runtime_keep_loaded()
-        self.plan = plan_groups(pl_module, self.strength or 1.0, **self.rules)
+        self.plan = self._plan(trainer, pl_module)
         self._names = {id(p): n for n, p in pl_module.named_parameters()}
+        self._held = {
+            self._names[id(p)] for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]
+            if id(p) in self._names
+        }
         if self.print_audit:
             rank_zero_info(f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}")
         total = trainer.estimated_stepping_batches
@@ -199,26 +250,63 @@ class WeightDecay(Callback):
         for optimizer in trainer.optimizers:
             if isinstance(optimizer, torch.optim.LBFGS):
                 raise ValueError("WeightDecay does not support LBFGS (it evaluates the closure several times per step)")
+        for optimizer in trainer.optimizers:
             self._take_over(optimizer)
             self._buckets.append(self._retrofit(optimizer, schedulers, trainer) if self._active else [])
             self._steps.append(0)
-        layout = fingerprint(
+        self._fingerprint = fingerprint(
             {"name": f"{k}:{i}", "param_names": [self._names.get(id(p), "?") for p in g["params"]]}
             for k, opt in enumerate(trainer.optimizers) for i, g in enumerate(opt.param_groups)
         )
-        saved = self._loaded.get("fingerprint")
-        if saved is not None and saved != layout:
-            raise RuntimeError(
-                "WeightDecay: the parameter -> optimizer-group mapping differs from the checkpoint's "
-                f"(fingerprint {layout} != {saved}); restoring optimizer state would attach it to the wrong "
-                "tensors. Resume with the same model, optimizer and grouping rules."
-            )
-        self._fingerprint = layout
-        self._steps = list(self._loaded.get("steps", self._steps))[: len(self._steps)] or self._steps
-        self._loaded = {}
+        self._fitting = True
+        self._apply_loaded()
         for optimizer, buckets in zip(trainer.optimizers, self._buckets):
             if buckets:
                 self._install(optimizer, len(self._installed))
+
+    def _plan(self, trainer: Trainer, pl_module: LightningModule) -> GroupPlan:
+        """The grouping; a tensor the optimizer holds counts as trainable even while it is frozen.
+
+        A tensor frozen at fit start but present in an optimizer (unfrozen later, as in finetuning) is
+        classified by the rules like any other, so it decays once it gets gradients, exactly as it would
+        in an optimizer built on :func:`lightning_wd.param_groups` of the unfrozen model.
+        """
+        held = {id(p): p for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        frozen = [p for p in held.values() if isinstance(p, torch.nn.Parameter) and not p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(True)
+        try:
+            plan = plan_groups(pl_module, self.strength or 1.0, **self.rules)
+        finally:
+            for param in frozen:
+                param.requires_grad_(False)
+        if frozen:
+            ids = {id(p) for p in frozen}
+            named = dict(pl_module.named_parameters())
+            plan.rows = [
+                dataclasses.replace(row, reason=f"{row.reason} (frozen now, held by the optimizer)")
+                if row.group is not None and id(named.get(row.name)) in ids else row
+                for row in plan.rows
+            ]
+        return plan
+
+    def _apply_loaded(self) -> None:
+        """Check the checkpoint's layout against ours and restore the step counters and references."""
+        loaded, self._loaded = self._loaded, {}
+        saved = loaded.get("fingerprint")
+        if saved is not None and saved != self._fingerprint:
+            raise RuntimeError(
+                "WeightDecay: the parameter -> optimizer-group mapping differs from the checkpoint's "
+                f"(fingerprint {self._fingerprint} != {saved}); restoring optimizer state would attach it to the "
+                "wrong tensors. Resume with the same model, optimizer and grouping rules "
+                "(exclude, include, multipliers, exclude_* switches, scheme and strength)."
+            )
+        steps = list(loaded.get("steps") or [])
+        if steps:
+            self._steps = steps[: len(self._steps)] + self._steps[len(steps):]
+        reference = loaded.get("reference")
+        if reference and self.scheme.name == "l2_sp":
+            self._set_reference(reference)
 
     def _reset_runtime_keep_loaded(self) -> None:
         loaded = self._loaded
@@ -248,6 +336,12 @@ class WeightDecay(Callback):
             self.native and self.scheme.native is not None and kinds == {self.scheme.native}
             and not (self.scheme.native == "decoupled" and self.lr_coupling == "none")
         )
+        if native and self._loaded.get("foreign_layout"):
+            native = False
+            rank_zero_info(
+                f"WeightDecay applies {self.scheme.name} decay itself (one vectorised pass): the checkpoint being "
+                "resumed was saved without WeightDecay, so the optimizer keeps its param groups"
+            )
         if native:
             safe, why = regroup_is_safe(schedulers, optimizer)
             if safe:
@@ -259,7 +353,7 @@ class WeightDecay(Callback):
         multipliers = {g["name"]: g["weight_decay"] / self.plan.weight_decay for g in self.plan.groups}
         steps_per_epoch = self._steps_per_epoch(trainer) if self.timescale_epochs else 1
         buckets = []
-        for group in optimizer.param_groups:
+        for index, group in enumerate(optimizer.param_groups):
             by_key: dict[str, list[torch.Tensor]] = {}
             for param in group["params"]:
                 by_key.setdefault(self._plan_key(param), []).append(param)
@@ -271,7 +365,8 @@ class WeightDecay(Callback):
                 if self.timescale_epochs:
                     multiplier /= lr0 * self.timescale_epochs * steps_per_epoch
                 bucket = _Bucket(
-                    group=group, names=[self._names.get(id(p), "?") for p in params], params=params,
+                    optimizer=optimizer, index=index, names=[self._names.get(id(p), "?") for p in params],
+                    params=params,
                     multiplier=multiplier, native=native, lr0=lr0, lr_max=float(max(group.get("max_lr", 0.0), lr0)),
                 )
                 self.scheme.prepare(params, bucket.state)
@@ -287,19 +382,21 @@ class WeightDecay(Callback):
         return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
     def _prepare_reference(self, buckets: list[_Bucket]) -> None:
-        if self.scheme.name != "l2_sp":
+        if self.scheme.name != "l2_sp" or not self.reference:
             return
-        reference = self._loaded.get("reference") or self.reference
+        reference = self.reference
         if isinstance(reference, str):
             reference = torch.load(reference, map_location="cpu", weights_only=True)
-        for bucket in buckets:
-            if reference:
-                missing = [n for n in bucket.names if n not in reference]
-                if missing:
-                    raise ValueError(f"`reference` has no tensor for {missing[:3]} (and {len(missing)} in all)")
-                bucket.state["reference"] = [
-                    reference[n].to(device=p.device, dtype=p.dtype).clone() for n, p in zip(bucket.names, bucket.params)
-                ]
+        self._set_reference(reference, buckets)
+
+    def _set_reference(self, reference: Mapping[str, torch.Tensor], buckets: list[_Bucket] | None = None) -> None:
+        for bucket in self._iter_buckets() if buckets is None else buckets:
+            missing = [n for n in bucket.names if n not in reference]
+            if missing:
+                raise ValueError(f"`reference` has no tensor for {missing[:3]} (and {len(missing)} in all)")
+            bucket.state["reference"] = [
+                reference[n].to(device=p.device, dtype=p.dtype).clone() for n, p in zip(bucket.names, bucket.params)
+            ]
 
     # ------------------------------------------------------------------ the step
     def _install(self, optimizer: torch.optim.Optimizer, index: int) -> None:
@@ -327,10 +424,15 @@ class WeightDecay(Callback):
             callback._after(index)
             return output
 
+        if hasattr(original, "_wrapped_by_lr_sched"):
+            # torch's LR schedulers mark the step they patched and warn ("optimizer.step() has been overridden
+            # after learning rate scheduler initialization") when the mark is gone: keep it, as we call theirs.
+            step._wrapped_by_lr_sched = True
         optimizer.step = types.MethodType(step, optimizer)
         self._installed.append((optimizer, original if had_own else None))
 
     def _uninstall(self) -> None:
+        self._fitting = False
         for optimizer, original in self._installed:
             if original is None:
                 optimizer.__dict__.pop("step", None)
@@ -395,7 +497,8 @@ class WeightDecay(Callback):
             return {}
         if pl_module is not None:
             named = dict(pl_module.named_parameters())
-            names = [r.name for r in self.plan.rows if r.decayed and r.name in named]
+            held = self._held or set(named)  # a tensor no optimizer holds is decayed by no one
+            names = [r.name for r in self.plan.rows if r.decayed and r.name in named and r.name in held]
             params = [named[n] for n in names]
         else:
             names = [n for b in self._iter_buckets() for n in b.names]
@@ -424,23 +527,27 @@ class WeightDecay(Callback):
             return
         self._last_logged = step
         stats = self.compute_stats(pl_module)
-        self.history.append({"step": step, "epoch": trainer.current_epoch, "metrics": dict(stats)})
+        self.history.append({"step": step, "epoch": self._last_epoch, "metrics": dict(stats)})
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Every `log_every_n_steps` optimizer steps (not at step 0, which accumulation batches would hit).
+        # The epoch of the last batch: at train end `current_epoch` already counts the finished epoch.
+        self._last_epoch = trainer.current_epoch
         every = self.log_every_n_steps or trainer.log_every_n_steps
-        if trainer.global_step % max(1, every) == 0:
+        step = trainer.global_step
+        if step > 0 and step % max(1, every) == 0:
             self._log_stats(trainer, pl_module)
 
     @override
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._log_stats(trainer, pl_module)
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_epoch = trainer.current_epoch  # restored by now when resuming
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
-        self._log_stats(trainer, pl_module)
+        self._log_stats(trainer, pl_module)  # the final weights, once
 
     @override
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -453,6 +560,7 @@ class WeightDecay(Callback):
     @override
     def teardown(self, trainer, pl_module, stage) -> None:
         self._uninstall()
+        self._loaded = {}  # a checkpoint restored for validate/test must not leak into a later fit
 
     # ------------------------------------------------------------------ checkpoints
     @override
@@ -466,14 +574,26 @@ class WeightDecay(Callback):
         return state
 
     @override
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Called before `load_state_dict` (which only runs when the checkpoint holds this callback's state).
+        ours = self.state_key in (checkpoint.get("callbacks") or {})
+        self._loaded = {"foreign_layout": bool(checkpoint.get("optimizer_states")) and not ours}
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = {
             "steps": state_dict.get("steps", []),
             "fingerprint": state_dict.get("fingerprint"),
             "reference": state_dict.get("reference"),
         }
+        if self._fitting:  # a strategy that restores after setup: fit start has passed, check now
+            self._apply_loaded()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_installed"], state["_buckets"] = [], []
+        state["_installed"], state["_buckets"], state["_fitting"] = [], [], False
+        # Lightning attaches the module's `log`/`log_dict` to every callback at fit: bound to the model, they
+        # would drag it (and its optimizer closures) into the pickle.
+        state.pop("log", None)
+        state.pop("log_dict", None)
         return state

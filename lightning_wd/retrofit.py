@@ -44,13 +44,19 @@ def decay_kind(optimizer: torch.optim.Optimizer, group: dict) -> str | None:
     return "coupled" if isinstance(optimizer, _COUPLED) else None
 
 
-def _schedulers_of(schedulers: Iterable, optimizer: torch.optim.Optimizer) -> list:
+def _optimizer_of(scheduler) -> torch.optim.Optimizer | None:
+    optimizer = getattr(scheduler, "optimizer", None)
+    return getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+
+
+def _schedulers_of(schedulers: Iterable, optimizer: torch.optim.Optimizer | None) -> list:
+    """The schedulers (nested ones of SequentialLR/ChainedScheduler included) that drive ``optimizer``."""
     found = []
     for scheduler in schedulers:
         children = getattr(scheduler, "_schedulers", None)
         if children:
             found += _schedulers_of(children, optimizer)
-        if getattr(scheduler, "optimizer", None) is optimizer:
+        if _optimizer_of(scheduler) is optimizer:
             found.append(scheduler)
     return found
 
@@ -58,6 +64,9 @@ def _schedulers_of(schedulers: Iterable, optimizer: torch.optim.Optimizer) -> li
 def regroup_is_safe(schedulers: Iterable, optimizer: torch.optim.Optimizer) -> tuple[bool, str]:
     """Whether every scheduler of ``optimizer`` is one whose per-group state this module can expand."""
     count = len(optimizer.param_groups)
+    schedulers = list(schedulers)
+    for scheduler in _schedulers_of(schedulers, None):  # no optimizer attribute: it may be ours
+        return False, f"scheduler {type(scheduler).__name__} does not tell which optimizer it drives"
     for scheduler in _schedulers_of(schedulers, optimizer):
         cls = type(scheduler)
         if cls.__module__ != lr_scheduler.__name__:
@@ -113,7 +122,8 @@ def expand_schedulers(schedulers: Iterable, optimizer: torch.optim.Optimizer, or
     if origin == list(range(len(origin))):
         return
     old_count = max(origin) + 1
-    for scheduler in _schedulers_of(schedulers, optimizer):
+    unique = {id(s): s for s in _schedulers_of(schedulers, optimizer)}  # one listed twice is expanded once
+    for scheduler in unique.values():
         for key in PER_GROUP:
             value = getattr(scheduler, key, None)
             if isinstance(value, (list, tuple)) and len(value) == old_count:

@@ -8,19 +8,39 @@ from torch import Tensor
 __all__ = ["nonzero_counts", "weight_stats"]
 
 
+def _accumulator(params: list[Tensor]) -> torch.dtype:
+    """float64 (exact counts up to 2**53; MPS has no float64: float32 there)."""
+    return torch.float32 if any(p.device.type == "mps" for p in params) else torch.float64
+
+
+def _norms(params: list[Tensor], ord: float) -> list[Tensor]:
+    """``torch._foreach_norm`` accumulated and returned in :func:`_accumulator`'s dtype.
+
+    In the tensors' own dtype a count is inexact: bfloat16 holds integers exactly only up to 256, float32
+    up to 2**24, so a large bf16 (or huge fp32) tensor would report a wrong non-zero fraction.
+    """
+    dtype = _accumulator(params)
+    try:
+        return list(torch._foreach_norm(params, ord, dtype=dtype))
+    except (RuntimeError, TypeError, NotImplementedError):  # a backend without the dtype overload
+        return [torch.linalg.vector_norm(p, ord, dtype=dtype) for p in params]
+
+
 def nonzero_counts(params: list[Tensor], zero_tolerance: float = 0.0) -> list[Tensor]:
-    """Per tensor, how many elements have ``|w| > zero_tolerance`` (0-d tensors, no host sync).
+    """Per tensor, how many elements have ``|w| > zero_tolerance`` (0-d float64 tensors, no host sync).
 
     Example:
         >>> [int(c) for c in nonzero_counts([torch.tensor([0.0, 1e-9, 2.0])], zero_tolerance=1e-6)]
         [1]
     """
+    if not params:
+        return []
     if zero_tolerance <= 0:
-        return list(torch._foreach_norm(params, 0))
+        return _norms(params, 0)
     shifted = torch._foreach_abs(params)
     torch._foreach_sub_(shifted, zero_tolerance)
     torch._foreach_clamp_min_(shifted, 0.0)
-    return list(torch._foreach_norm(shifted, 0))
+    return _norms(shifted, 0)
 
 
 @torch.no_grad()
@@ -52,8 +72,8 @@ def weight_stats(
     if not params:
         return {}
     params = [p.detach() for p in params]
-    counts = torch.stack([c.to(torch.float64) for c in nonzero_counts(params, zero_tolerance)])
-    norms = torch.stack([n.to(torch.float64) for n in torch._foreach_norm(params, 2)])
+    counts = torch.stack(nonzero_counts(params, zero_tolerance))
+    norms = torch.stack(_norms(params, 2))
     values = torch.cat([counts, norms]).cpu().tolist()  # the one host sync
     n = len(params)
     numels = [p.numel() for p in params]

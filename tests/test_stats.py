@@ -1,0 +1,207 @@
+"""Statistics: what is logged, when, under which names, and that the numbers are the naive ones."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_wd.callback import WeightDecay
+from lightning_wd.stats import nonzero_counts, weight_stats
+
+DECAYED = ("body.0.weight", "head.weight")  # the default rules' decayed tensors of Net
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+class Net(L.LightningModule):
+    def __init__(self, lr: float = 0.05) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.Tanh())
+        self.head = nn.Linear(16, 3)
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self.body(x)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def fit(cb: WeightDecay, epochs: int = 3, logger=False, **kwargs) -> tuple[Net, L.Trainer]:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(48, 4, generator=g), torch.randint(0, 3, (48,), generator=g)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], **kwargs,
+    )
+    model = Net()
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False))  # 6 steps an epoch
+    return model, trainer
+
+
+def naive(model: nn.Module, names=DECAYED, tolerance: float = 0.0) -> tuple[float, float]:
+    """(non-zero fraction, L2 norm) of the named tensors, element by element in Python."""
+    named = dict(model.named_parameters())
+    values = [float(v) for n in names for v in named[n].detach().reshape(-1)]
+    nonzero = sum(1 for v in values if abs(v) > tolerance)
+    return nonzero / len(values), math.sqrt(sum(v * v for v in values))
+
+
+def read_metrics(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_logged_nonzero_fraction_equals_the_final_model(tmp_path):
+    cb = WeightDecay(scheme="l1", strength=0.5, print_audit=False, log_every_n_steps=5)
+    model, _ = fit(cb, logger=CSVLogger(tmp_path, name="", version=""))
+    rows = [r for r in read_metrics(tmp_path / "metrics.csv") if r.get("wd/nonzero_fraction")]
+    last = rows[-1]
+    fraction, norm = naive(model)
+    assert 0.0 < fraction < 1.0  # proximal L1 made exact zeros, not all
+    assert float(last["wd/nonzero_fraction"]) == pytest.approx(fraction, rel=1e-15, abs=0)
+    assert float(last["wd/weight_norm"]) == pytest.approx(norm, rel=1e-12)
+    assert int(last["step"]) == 18
+    for name in DECAYED:
+        assert float(last[f"wd/nonzero_fraction/{name}"]) == pytest.approx(naive(model, [name])[0], rel=1e-15)
+        assert float(last[f"wd/weight_norm/{name}"]) == pytest.approx(naive(model, [name])[1], rel=1e-12)
+    assert cb.history[-1]["metrics"]["wd/nonzero_fraction"] == pytest.approx(fraction, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "extra"),
+    [("decoupled", set()), ("l1", {"wd/penalty"}), ("l2", {"wd/penalty"}),
+     ("group_lasso", {"wd/penalty", "wd/dead_units"})],
+)
+def test_metric_names(scheme, extra):
+    cb = WeightDecay(scheme=scheme, strength=0.1, print_audit=False)
+    fit(cb, epochs=1)
+    per_tensor = {f"wd/{kind}/{name}" for kind in ("nonzero_fraction", "weight_norm") for name in DECAYED}
+    expected = {"wd/nonzero_fraction", "wd/weight_norm", "wd/strength"} | per_tensor | extra
+    assert set(cb.history[-1]["metrics"]) == expected
+    assert set(cb.history[-1]) == {"step", "epoch", "metrics"}
+    assert cb.history[-1]["metrics"]["wd/strength"] == 0.1
+
+
+def test_per_layer_stats_false_drops_the_per_tensor_keys():
+    cb = WeightDecay(scheme="l1", strength=0.1, per_layer_stats=False, print_audit=False)
+    fit(cb, epochs=1)
+    assert set(cb.history[-1]["metrics"]) == {"wd/nonzero_fraction", "wd/weight_norm", "wd/strength", "wd/penalty"}
+
+
+@pytest.mark.parametrize(
+    ("every", "trainer_every", "accumulate", "steps"),
+    [
+        (4, 50, 1, [4, 8, 12, 16, 18]),  # every 4 steps, and once at the end
+        (None, 5, 1, [5, 10, 15, 18]),  # the Trainer's log_every_n_steps by default
+        (6, 50, 1, [6, 12, 18]),  # the end coincides with a multiple: logged once
+        (2, 50, 3, [2, 4, 6]),  # optimizer steps, not batches (accumulation), and never step 0
+    ],
+)
+def test_stats_only_every_log_every_n_steps(every, trainer_every, accumulate, steps):
+    cb = WeightDecay(strength=0.1, log_every_n_steps=every, print_audit=False)
+    fit(cb, log_every_n_steps=trainer_every, accumulate_grad_batches=accumulate)
+    assert [h["step"] for h in cb.history] == steps
+    assert [h["epoch"] for h in cb.history][-1] == 2
+
+
+def test_zero_tolerance_counts_small_weights_as_zero():
+    cb = WeightDecay(strength=0.1, zero_tolerance=0.1, print_audit=False)
+    model, _ = fit(cb, epochs=1)
+    fraction, _ = naive(model, tolerance=0.1)
+    assert 0.0 < fraction < 1.0
+    assert cb.history[-1]["metrics"]["wd/nonzero_fraction"] == pytest.approx(fraction, rel=1e-15)
+    assert cb.compute_stats(model)["wd/nonzero_fraction"] == pytest.approx(fraction, rel=1e-15)
+
+
+def test_nothing_is_logged_off_rank_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: False))
+    cb = WeightDecay(strength=0.1, log_every_n_steps=1, print_audit=False)
+    fit(cb, epochs=1, logger=CSVLogger(tmp_path, name="", version=""))
+    assert cb.history == []
+    path = tmp_path / "metrics.csv"
+    rows = read_metrics(path) if path.exists() else []
+    assert not [k for row in rows for k in row if k.startswith("wd/")]
+
+
+def test_penalties_against_naive_values():
+    for scheme, strength in (("l1", 0.3), ("l2", 0.3), ("elastic_net", 0.3), ("group_lasso", 0.3)):
+        cb = WeightDecay(scheme=scheme, strength=strength, print_audit=False, l1_ratio=0.25)
+        model, _ = fit(cb, epochs=1)
+        named = dict(model.named_parameters())
+        ws = [named[n].detach() for n in DECAYED]
+        l1 = sum(float(w.abs().sum()) for w in ws)
+        l2 = sum(float(w.square().sum()) for w in ws)
+        rows = sum(float(r.norm()) * math.sqrt(r.numel()) for w in ws for r in w)
+        expected = {"l1": strength * l1, "l2": 0.5 * strength * l2,
+                    "elastic_net": strength * (0.25 * l1 + 0.5 * 0.75 * l2), "group_lasso": strength * rows}[scheme]
+        assert cb.compute_stats(model)["wd/penalty"] == pytest.approx(expected, rel=1e-12), scheme
+    dead = sum(int((w.reshape(w.shape[0], -1).norm(dim=1) == 0).sum()) for w in ws)
+    assert cb.compute_stats(model)["wd/dead_units"] == dead
+
+
+# -- weight_stats directly ------------------------------------------------------------------------------
+
+
+def test_weight_stats_against_a_naive_count_and_norm():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(5, 7, generator=g)
+    a[a.abs() < 0.5] = 0.0
+    b = torch.randn(11, generator=g)
+    b[::3] = 0.0
+    b[1] = 1e-9
+    stats = weight_stats(["a", "b"], [a, b])
+    flat = torch.cat([a.reshape(-1), b])
+    assert stats["wd/nonzero_fraction"] == int((flat != 0).sum()) / flat.numel()
+    assert stats["wd/weight_norm"] == pytest.approx(float(flat.norm()), rel=1e-14)
+    assert stats["wd/nonzero_fraction/a"] == int((a != 0).sum()) / a.numel()
+    assert stats["wd/nonzero_fraction/b"] == int((b != 0).sum()) / b.numel()
+    assert stats["wd/weight_norm/b"] == pytest.approx(float(b.norm()), rel=1e-14)
+    tolerant = weight_stats(["a", "b"], [a, b], zero_tolerance=1e-6, per_tensor=False)
+    assert tolerant["wd/nonzero_fraction"] == int((flat.abs() > 1e-6).sum()) / flat.numel()
+    assert set(tolerant) == {"wd/nonzero_fraction", "wd/weight_norm"}
+    assert weight_stats([], []) == {}
+    assert set(weight_stats(["a"], [a], prefix="x")) == {"x/nonzero_fraction", "x/weight_norm", "x/nonzero_fraction/a",
+                                                         "x/weight_norm/a"}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_counts_are_exact_in_low_precision(dtype):
+    w = torch.ones(1001, dtype=dtype)
+    w[::100] = 0  # 11 zeros: 990 non-zero, not representable in bf16 (which rounds it to 992)
+    assert [int(c) for c in nonzero_counts([w])] == [990]
+    assert weight_stats(["w"], [w])["wd/nonzero_fraction"] == 990 / 1001
+    assert weight_stats(["w"], [w])["wd/weight_norm"] == pytest.approx(math.sqrt(990), rel=1e-6)
+    assert weight_stats(["w"], [w * 1e-3], zero_tolerance=1e-2)["wd/nonzero_fraction"] == 0.0
+
+
+def test_stats_cover_only_tensors_an_optimizer_holds():
+    class HeadOnly(Net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.head.parameters(), lr=self.lr)
+
+    cb = WeightDecay(strength=0.1, print_audit=False)
+    g = torch.Generator().manual_seed(1)
+    data = DataLoader(TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)),
+                      batch_size=8)
+    model = HeadOnly()
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[cb]).fit(model, data)
+    metrics = cb.history[-1]["metrics"]
+    assert "wd/weight_norm/head.weight" in metrics and "wd/weight_norm/body.0.weight" not in metrics
+    assert metrics["wd/weight_norm"] == pytest.approx(naive(model, ["head.weight"])[1], rel=1e-12)
