@@ -230,7 +230,8 @@ class WeightDecay(Callback):
 
     @property
     def _active(self) -> bool:
-        return bool(self.strength or self.timescale_epochs or callable(self.schedule.schedule))
+        return bool(self.strength or self.schedule.final_strength or self.timescale_epochs
+                    or callable(self.schedule.schedule))
 
     # ------------------------------------------------------------------ fit start: plan and retrofit
     @override

@@ -198,11 +198,6 @@ def test_timescale_epochs_derives_strength(schedule):
     assert strengths[4] == pytest.approx(strengths[8] / 2, rel=1e-14)  # twice the steps per epoch: half lambda
 
 
-@pytest.mark.xfail(
-    reason="callback bug: WeightDecay._active is `strength or timescale_epochs or callable(schedule)`, so a "
-    "schedule that rises from strength=0 to final_strength>0 builds no buckets and never decays",
-    strict=True,
-)
 def test_schedule_rising_from_zero_strength_decays():
     model = _ZeroGrad("sgd", 0.1)
     callback = WeightDecay(scheme="decoupled", strength=0.0, schedule="linear", final_strength=1.0,
