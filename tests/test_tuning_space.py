@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from lightning_wd.tuning import SCHEME_RANGES, FloatRange, SearchSpace, TuneError, main
+from lightning_wd.tuning.settings import resolve_settings
 from lightning_wd.tuning.space import best_recipe, trial_recipe, wd_init_args
-from lightning_wd.tuning.study import resolve_settings
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -197,3 +197,13 @@ def test_float_range_describe_and_math():
     assert r.describe() == "log[1e-06, 1]"
     assert all(r.low <= v <= r.high for v in r.grid_values())
     assert math.isclose(r.grid_values()[8], 10 ** -2.8, rel_tol=1e-5)
+
+
+def test_ddp_strategy_that_reruns_the_command_is_refused(tmp_path, monkeypatch, capsys):
+    from test_tuning_toy import write_recipe
+
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path)
+    argv = ["--config", str(path), "--n-trials", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    assert main(argv) == 2
+    assert "use --trainer.strategy ddp_spawn" in _one_error_line(capsys)

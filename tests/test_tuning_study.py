@@ -190,3 +190,20 @@ def test_grid_sampler_runs_the_grid_once_on_a_journal_file(tmp_path, monkeypatch
     assert sorted(t.params["strength"] for t in study.trials) == [1e-4, 1e-2]
     assert (tmp_path / "studies" / "journal.log").stat().st_size > 0
     assert (tmp_path / "studies" / "studies" / "toy" / "best.yaml").exists()  # out: next to the storage
+
+
+@pytest.mark.skipif(os.environ.get("LIGHTNING_WD_DDP_TESTS") != "1",
+                    reason="a trial on 2 spawned CPU ranks takes about a minute on 2 cores: LIGHTNING_WD_DDP_TESTS=1")
+def test_ddp_spawn_trial_reports_from_rank_zero_and_is_pruned(tmp_path, monkeypatch):
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path, max_epochs=3, tune={"space": SPACE})
+    study = tune(str(path), n_trials=1, pruner=optuna.pruners.ThresholdPruner(lower=1.1), progress=False,
+                 overrides=["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"])
+    trial = study.trials[0]
+    # the ranks ran in spawned processes: the report, the decision and wd/* reached the study through the storage
+    assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [0]
+    assert trial.user_attrs["pruned_at_round"] == 0 and "wd/nonzero_fraction" in trial.user_attrs
+    run = runs(client(), **{"optuna.trial_number": "0"})[0]
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"

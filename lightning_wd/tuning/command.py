@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished trials are kept in the study (re-run the command to resume)",
               file=sys.stderr)

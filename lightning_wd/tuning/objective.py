@@ -24,6 +24,7 @@ attribute ``fail_reason`` and the study goes on.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import tempfile
@@ -234,8 +235,16 @@ class Objective:
         trial = optuna.trial.FixedTrial(low)
         params = self.space.suggest(trial, self.grid)
         path = self.write_config(self.config_for(params), "check.yaml")
-        cli = build_cli(self.cli_args(path))
-        self._check_strategy(cli.trainer)
+        loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning_wd")]
+        levels = [logger.level for logger in loggers]
+        try:  # a trial will say it all again: keep the check quiet (errors still raise)
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)
+            cli = build_cli(self.cli_args(path))
+            self._check_strategy(cli.trainer)
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
     @staticmethod
     def _check_strategy(trainer: Any) -> None:
