@@ -207,3 +207,47 @@ def test_ddp_strategy_that_reruns_the_command_is_refused(tmp_path, monkeypatch, 
     argv = ["--config", str(path), "--n-trials", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
     assert main(argv) == 2
     assert "use --trainer.strategy ddp_spawn" in _one_error_line(capsys)
+
+
+def test_plots_pareto_table_and_summary_lines_from_a_synthetic_study(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from lightning_wd.tuning.report import pareto_rows, plot_study, summary_line, write_pareto
+
+    dists = {"scheme": CategoricalDistribution(["l1", "l2"]), "strength": FloatDistribution(1e-7, 1.0, log=True)}
+    single = optuna.create_study(direction="maximize")
+    double = optuna.create_study(directions=["maximize", "minimize"])
+    for i in range(6):
+        params = {"scheme": ["l1", "l2"][i % 2], "strength": 10.0 ** -(i + 1)}
+        single.add_trial(optuna.create_trial(params=params, distributions=dists, value=0.5 + 0.05 * i))
+        double.add_trial(optuna.create_trial(params=params, distributions=dists, values=[0.5 + 0.05 * i, 0.1 * i]))
+    single.add_trial(optuna.create_trial(state=optuna.trial.TrialState.FAIL, params=params, distributions=dists,
+                                         user_attrs={"fail_reason": "non-finite training loss (nan)"}))
+    files = plot_study(single, tmp_path / "one", ["val/acc"], ["scheme", "strength"])
+    assert [f.name for f in files] == ["optimization_history.png", "slice_strength.png", "param_importances.png"]
+    files = plot_study(double, tmp_path / "two", ["val/acc", "wd/nonzero_fraction"], ["scheme", "strength"])
+    assert "pareto.png" in [f.name for f in files] and all(f.stat().st_size > 1000 for f in files)
+    rows = pareto_rows(double, ["val/acc", "wd/nonzero_fraction"])
+    assert [r["trial"] for r in rows] == [5, 4, 3, 2, 1, 0]  # every trial trades accuracy for density here
+    table = write_pareto(rows, tmp_path / "pareto.csv")
+    assert table.splitlines()[0].split() == ["trial", "scheme", "strength", "val/acc", "wd/nonzero_fraction"]
+    line = summary_line(single.trials[-1], ["val/acc"])
+    assert line.startswith("trial   6") and "FAIL" in line and line.endswith("(non-finite training loss (nan))")
+
+
+def test_a_second_process_on_a_sqlite_study_is_warned_about(tmp_path):
+    import optuna
+
+    from lightning_wd.tuning.settings import resolve_settings
+    from lightning_wd.tuning.storage import open_storage
+    from lightning_wd.tuning.study import _warn_shared_sqlite
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=5))
+    trial = study.ask()  # running in "another process", heartbeat just recorded
+    study._storage.record_heartbeat(trial._trial_id)
+    settings = resolve_settings(recipe(), n_trials=2, storage=url, study_name="s", heartbeat_interval=1,
+                                grace_period=5)
+    with pytest.warns(UserWarning, match=r"another process is running trial\(s\) \[0\].*database is locked"):
+        _warn_shared_sqlite(study, settings)

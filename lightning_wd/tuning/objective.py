@@ -119,6 +119,7 @@ class TrialMonitor(Callback):
             self._attr(trainer, ATTR_REASON, reason)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Stop every rank at the first non-finite training loss (one boolean all-reduce per step)."""
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(bad, all=False):  # one rank's NaN stops every rank
@@ -127,6 +128,7 @@ class TrialMonitor(Callback):
                                 f"step {trainer.global_step}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        """Report the metric (rank zero), ask the pruner, broadcast its decision, stop on NaN/inf."""
         if trainer.sanity_checking or self.fail_reason is not None:
             return
         if self.metric not in trainer.callback_metrics:
@@ -154,6 +156,7 @@ class TrialMonitor(Callback):
             self._attr(trainer, ATTR_PRUNED, round_)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Store the final ``wd/*`` statistics of the WeightDecay callback in the trial's user attributes."""
         if not trainer.is_global_zero:
             return
         from lightning_wd.tracking import find_decay_callback
@@ -210,6 +213,7 @@ class Objective:
         return ["--config", str(path), "--trainer.logger=false", *self.overrides]
 
     def write_config(self, config: Mapping, name: str) -> Path:
+        """Write a trial's recipe as YAML into this objective's temporary folder."""
         import yaml
 
         path = Path(self._tmp.name) / name

@@ -63,6 +63,7 @@ class Settings:
 
     @property
     def directions(self) -> list[str]:
+        """Optuna directions of the objectives (``sparsity`` is minimised)."""
         return [self.direction if o == "accuracy" else "minimize" for o in self.objectives]
 
     def describe(self) -> dict[str, Any]:
