@@ -19,6 +19,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
+from lit_net import Net, float64  # noqa: F401  (float64: fixture)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,39 +30,10 @@ S = 0.1  # decay strength
 LR = 0.05
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # -- a small model trained by Lightning ---------------------------------------------------------------
-
-
-class Net(L.LightningModule):
-    """Linear -> LayerNorm -> Tanh -> Linear; ``make_opt(module)`` is what configure_optimizers returns."""
-
-    def __init__(self, make_opt, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh())
-        self.head = nn.Linear(8, 3)
-        self.make_opt = make_opt
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return self.make_opt(self)
-
 
 def loader(n: int = 48, batch_size: int = 8) -> DataLoader:
     g = torch.Generator().manual_seed(1)

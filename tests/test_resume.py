@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
+from lit_net import Net, float64  # noqa: F401  (float64: fixture)
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_wd.callback import WeightDecay
@@ -17,29 +17,7 @@ EPOCHS = 4
 LR = 0.05
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-class Net(L.LightningModule):
-    def __init__(self, make_opt) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh())
-        self.head = nn.Linear(8, 3)
-        self.make_opt = make_opt
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self.head(self.body(x)), y)
-
-    def configure_optimizers(self):
-        return self.make_opt(self)
-
+pytestmark = pytest.mark.usefixtures("float64")
 
 class StopAfter(Callback):
     """Interrupt a run planned for EPOCHS epochs at the end of epoch ``epoch`` (0-based)."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lit_net import Net, float64  # noqa: F401  (float64: fixture)
 from torch import nn
 from torch.optim import lr_scheduler as S
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,31 +23,7 @@ EPOCHS, BATCHES = 3, 6
 TOTAL = EPOCHS * BATCHES
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-class Net(L.LightningModule):
-    def __init__(self, make_opt) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh())
-        self.head = nn.Linear(8, 3)
-        self.make_opt = make_opt
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.head(self.body(x)), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return self.make_opt(self)
-
+pytestmark = pytest.mark.usefixtures("float64")
 
 class Recorder(Callback):
     """The lr (and momentum) each tensor is stepped with, per optimizer step."""
