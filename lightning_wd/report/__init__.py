@@ -24,7 +24,7 @@ def _settings():
     return [
         Setting("none", "no decay"),
         Setting("decoupled", "decoupled decay", "decoupled", 0.1),
-        Setting("l1", "L1 (proximal)", "l1", 3e-3),
+        Setting("l1", "L1 (proximal)", "l1", 1e-2),
         Setting("l2", "L2 (coupled)", "l2", 1e-3),
         Setting("batchnorm", "batch normalisation", batchnorm=True),
         *(Setting(f"decoupled_{s:g}", f"decoupled {s:g}", "decoupled", s) for s in (1e-4, 1e-3, 1e-2, 1.0, 10.0)),
