@@ -8,39 +8,31 @@ from torch import Tensor
 __all__ = ["nonzero_counts", "weight_stats"]
 
 
-def _accumulator(params: list[Tensor]) -> torch.dtype:
-    """float64 (exact counts up to 2**53; MPS has no float64: float32 there)."""
-    return torch.float32 if any(p.device.type == "mps" for p in params) else torch.float64
-
-
-def _norms(params: list[Tensor], ord: float) -> list[Tensor]:
-    """``torch._foreach_norm`` accumulated and returned in :func:`_accumulator`'s dtype.
-
-    In the tensors' own dtype a count is inexact: bfloat16 holds integers exactly only up to 256, float32
-    up to 2**24, so a large bf16 (or huge fp32) tensor would report a wrong non-zero fraction.
-    """
-    dtype = _accumulator(params)
-    try:
-        return list(torch._foreach_norm(params, ord, dtype=dtype))
-    except (RuntimeError, TypeError, NotImplementedError):  # a backend without the dtype overload
-        return [torch.linalg.vector_norm(p, ord, dtype=dtype) for p in params]
+def _norms(params: list[Tensor]) -> list[Tensor]:
+    """L2 norm per tensor with ``torch._foreach_norm``: in the tensors' dtype for float32/float64 (measured
+    7x faster on CPU than accumulating in float64), in float32 for 16-bit tensors."""
+    low = [p.dtype in (torch.float16, torch.bfloat16) for p in params]
+    if not any(low):
+        return list(torch._foreach_norm(params))
+    return [n.float() for n in torch._foreach_norm([p.float() if lo else p for p, lo in zip(params, low)])]
 
 
 def nonzero_counts(params: list[Tensor], zero_tolerance: float = 0.0) -> list[Tensor]:
-    """Per tensor, how many elements have ``|w| > zero_tolerance`` (0-d float64 tensors, no host sync).
+    """Per tensor, how many elements have ``|w| > zero_tolerance`` (exact int64 0-d tensors, no host sync).
+
+    ``torch.count_nonzero`` per tensor: exact in every dtype, and measured faster on CPU than
+    ``torch._foreach_norm(..., ord=0)`` for both few large and many small tensors. It runs only at the
+    statistics interval, never on the step.
 
     Example:
         >>> [int(c) for c in nonzero_counts([torch.tensor([0.0, 1e-9, 2.0])], zero_tolerance=1e-6)]
         [1]
     """
-    if not params:
-        return []
-    if zero_tolerance <= 0:
-        return _norms(params, 0)
-    shifted = torch._foreach_abs(params)
-    torch._foreach_sub_(shifted, zero_tolerance)
-    torch._foreach_clamp_min_(shifted, 0.0)
-    return _norms(shifted, 0)
+    if zero_tolerance > 0:
+        params = torch._foreach_abs(params)
+        torch._foreach_sub_(params, zero_tolerance)
+        torch._foreach_clamp_min_(params, 0.0)
+    return [torch.count_nonzero(p) for p in params]
 
 
 @torch.no_grad()
@@ -54,8 +46,8 @@ def weight_stats(
 ) -> dict[str, float]:
     """``{prefix}/nonzero_fraction``, ``{prefix}/weight_norm`` and, per tensor, ``.../<name>`` of both.
 
-    Counts and L2 norms are computed with ``torch._foreach_norm`` (ord 0 and 2) over all tensors at
-    once and brought to the host in one transfer.
+    Counts (``count_nonzero``, exact) and L2 norms (``torch._foreach_norm``) are brought to the host in one
+    transfer.
 
     Args:
         names: one name per tensor (used in the per-tensor keys).
@@ -72,8 +64,8 @@ def weight_stats(
     if not params:
         return {}
     params = [p.detach() for p in params]
-    counts = torch.stack(nonzero_counts(params, zero_tolerance))
-    norms = torch.stack(_norms(params, 2))
+    counts = torch.stack(nonzero_counts(params, zero_tolerance)).double()
+    norms = torch.stack(_norms(params)).double()
     values = torch.cat([counts, norms]).cpu().tolist()  # the one host sync
     n = len(params)
     numels = [p.numel() for p in params]
