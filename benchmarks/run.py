@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         r = results[name]
         lines += [f"## {title}", "", f"Target: {target}. Measured {r['date']} on {r['machine']}; "
                   f"command `{r['command'].strip()}`.", "", _table(r["rows"]), ""]
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0
