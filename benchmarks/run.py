@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), default=None)
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from the last results")
     args = parser.parse_args(argv)
-    names = args.only or list(SECTIONS)
+    names = [] if args.render_only else args.only or list(SECTIONS)
     results_path = HERE / "out" / "results.json"
     results_path.parent.mkdir(exist_ok=True)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

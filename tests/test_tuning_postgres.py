@@ -16,7 +16,7 @@ from lightning_wd.tuning import tune
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
-from test_tuning_toy import write_recipe  # noqa: E402
+from tuning_toy import write_recipe  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 SPACE = {"strength": {"low": 1e-5, "high": 1e-2}}

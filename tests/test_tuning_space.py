@@ -168,7 +168,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeypatch
 
 
 def test_bad_override_through_the_lightning_wd_command_exits_2(tmp_path, monkeypatch, capsys):
-    from test_tuning_toy import write_recipe
+    from tuning_toy import write_recipe
 
     from lightning_wd.cli import main as lightning_wd_main
 
@@ -200,7 +200,7 @@ def test_float_range_describe_and_math():
 
 
 def test_ddp_strategy_that_reruns_the_command_is_refused(tmp_path, monkeypatch, capsys):
-    from test_tuning_toy import write_recipe
+    from tuning_toy import write_recipe
 
     monkeypatch.chdir(tmp_path)
     path = write_recipe(tmp_path)

@@ -16,7 +16,7 @@ from lightning_wd.tuning import main, tune
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
-from test_tuning_toy import write_recipe  # noqa: E402
+from tuning_toy import write_recipe  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SPACE = {"strength": {"low": 1e-5, "high": 1e-2}}
@@ -151,7 +151,7 @@ def test_ctrl_c_keeps_finished_trials_and_ends_every_run_killed(tmp_path, monkey
     handler = signal.getsignal(signal.SIGINT)
     assert main(["--config", str(path), "--n-trials", "1", "--no-progress"]) == 0
     code = main(["--config", str(path), "--n-trials", "2", "--no-progress",
-                 "--trainer.callbacks+=test_tuning_toy.RaiseInterrupt"])
+                 "--trainer.callbacks+=tuning_toy.RaiseInterrupt"])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN undone
     import optuna

@@ -1,4 +1,4 @@
-"""A tiny model, data and helper callbacks for the tuning tests (importable by class_path as ``test_tuning_toy``).
+"""A tiny model, data and helper callbacks for the tuning tests (importable by class_path as ``tuning_toy``).
 
 The tests that use them live in the other ``test_tuning*.py`` files; this module holds the pieces a trial's
 LightningCLI instantiates, also in subprocesses (with ``tests/`` on ``PYTHONPATH``), and a recipe writer.
@@ -90,8 +90,8 @@ def write_recipe(folder: Path, name: str = "toy.yaml", tune: dict | None = None,
             "callbacks": [{"class_path": "lightning_wd.WeightDecay",
                            "init_args": {"scheme": scheme, "strength": 0.0, "print_audit": False}}],
         },
-        "model": {"class_path": "test_tuning_toy.ToyModel", "init_args": {"lr": 0.5, **model}},
-        "data": {"class_path": "test_tuning_toy.ToyData"},
+        "model": {"class_path": "tuning_toy.ToyModel", "init_args": {"lr": 0.5, **model}},
+        "data": {"class_path": "tuning_toy.ToyData"},
     }
     if tune is not None:
         recipe["tune"] = tune
