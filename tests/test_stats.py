@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from lit_net import float64  # noqa: F401  (fixture)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,12 +19,7 @@ from lightning_wd.stats import nonzero_counts, weight_stats
 DECAYED = ("body.0.weight", "head.weight")  # the default rules' decayed tensors of Net
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 class Net(L.LightningModule):

@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _band(ax, runs: list[Run], metric: str, label: str) -> None:
     length = min(len(r.epochs) for r in runs)
     stats = [mean_sd([r.series(metric)[e] for r in runs]) for e in range(length)]
@@ -38,10 +45,7 @@ def curves(path: Path, groups: dict[str, list[Run]], metrics: list[tuple[str, st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def strengths(path: Path, points: list[tuple[float, list[Run]]]) -> Path:
@@ -57,10 +61,7 @@ def strengths(path: Path, points: list[tuple[float, list[Run]]]) -> Path:
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def bars(path: Path, values: dict[str, list[Run]], metric: str, ylabel: str) -> Path:
@@ -73,10 +74,7 @@ def bars(path: Path, values: dict[str, list[Run]], metric: str, ylabel: str) -> 
     ax.set_ylim(max(0.0, low - 0.05), None)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def geometric(path: Path, values: list[float], claim: list[float]) -> Path:
@@ -90,7 +88,4 @@ def geometric(path: Path, values: list[float], claim: list[float]) -> Path:
     ax.set_ylabel("weight value")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
