@@ -209,6 +209,9 @@ class WeightDecay(Callback):
         self._held: set[str] = set()  # names of the tensors the optimizers hold
         self._fitting = False
         self._fingerprint: str | None = None
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._group_counts: list[int] = []
+        self._module: LightningModule | None = None
 
     # ------------------------------------------------------------------ description
     @property
@@ -237,12 +240,10 @@ class WeightDecay(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._reset_runtime_keep_loaded()
-        self.plan = self._plan(trainer, pl_module)
+        self._module = pl_module
+        self.plan = self._plan(trainer.optimizers, pl_module)
         self._names = {id(p): n for n, p in pl_module.named_parameters()}
-        self._held = {
-            self._names[id(p)] for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]
-            if id(p) in self._names
-        }
+        self._held = self._held_names(trainer.optimizers)
         if self.print_audit:
             rank_zero_info(f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}")
         total = trainer.estimated_stepping_batches
@@ -261,18 +262,29 @@ class WeightDecay(Callback):
         )
         self._fitting = True
         self._apply_loaded()
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
         for optimizer, buckets in zip(trainer.optimizers, self._buckets):
-            if buckets:
-                self._install(optimizer, len(self._installed))
+            self_applied = self._has_after or any(not b.native for b in buckets)
+            if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False) and self_applied:
+                raise ValueError(
+                    f"WeightDecay: {type(optimizer).__name__} with fused=True unscales gradients inside step() under "
+                    f"16-mixed precision, so {self.scheme.name} decay would see scaled gradients; use fused=False or "
+                    "precision='bf16-mixed'"
+                )
+        self._optimizers = list(trainer.optimizers)
+        self._group_counts = [len(opt.param_groups) for opt in trainer.optimizers]
+        for index, (optimizer, buckets) in enumerate(zip(trainer.optimizers, self._buckets)):
+            if buckets or self._active:
+                self._install(optimizer, index)
 
-    def _plan(self, trainer: Trainer, pl_module: LightningModule) -> GroupPlan:
+    def _plan(self, optimizers: list[torch.optim.Optimizer], pl_module: LightningModule) -> GroupPlan:
         """The grouping; a tensor the optimizer holds counts as trainable even while it is frozen.
 
         A tensor frozen at fit start but present in an optimizer (unfrozen later, as in finetuning) is
         classified by the rules like any other, so it decays once it gets gradients, exactly as it would
         in an optimizer built on :func:`lightning_wd.param_groups` of the unfrozen model.
         """
-        held = {id(p): p for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        held = {id(p): p for opt in optimizers for g in opt.param_groups for p in g["params"]}
         frozen = [p for p in held.values() if isinstance(p, torch.nn.Parameter) and not p.requires_grad]
         for param in frozen:
             param.requires_grad_(True)
@@ -317,6 +329,8 @@ class WeightDecay(Callback):
 
     def _take_over(self, optimizer: torch.optim.Optimizer) -> None:
         changed = [(i, g["weight_decay"]) for i, g in enumerate(optimizer.param_groups) if g.get("weight_decay")]
+        if "weight_decay" in optimizer.defaults:  # groups added later (add_param_group) start from the defaults
+            optimizer.defaults["weight_decay"] = 0.0
         for group in optimizer.param_groups:
             if "weight_decay" in group:
                 group["weight_decay"] = 0.0
@@ -351,29 +365,53 @@ class WeightDecay(Callback):
             else:
                 native = False
                 rank_zero_info(f"WeightDecay applies {self.scheme.name} decay itself (one vectorised pass): {why}")
-        multipliers = {g["name"]: g["weight_decay"] / self.plan.weight_decay for g in self.plan.groups}
-        steps_per_epoch = self._steps_per_epoch(trainer) if self.timescale_epochs else 1
-        buckets = []
-        for index, group in enumerate(optimizer.param_groups):
-            by_key: dict[str, list[torch.Tensor]] = {}
-            for param in group["params"]:
-                by_key.setdefault(self._plan_key(param), []).append(param)
-            for key, params in by_key.items():
-                multiplier = multipliers.get(key, 0.0)
-                if not multiplier:
-                    continue
-                lr0 = float(group.get("initial_lr", group["lr"]))
-                if self.timescale_epochs:
-                    multiplier /= lr0 * self.timescale_epochs * steps_per_epoch
-                bucket = _Bucket(
-                    optimizer=optimizer, index=index, names=[self._names.get(id(p), "?") for p in params],
-                    params=params,
-                    multiplier=multiplier, native=native, lr0=lr0, lr_max=float(max(group.get("max_lr", 0.0), lr0)),
-                )
-                self.scheme.prepare(params, bucket.state)
-                buckets.append(bucket)
+        self._steps_per_epoch_value = self._steps_per_epoch(trainer) if self.timescale_epochs else 1
+        buckets = [b for index in range(len(optimizer.param_groups))
+                   for b in self._group_buckets(optimizer, index, native)]
         self._prepare_reference(buckets)
         return buckets
+
+    def _group_buckets(self, optimizer: torch.optim.Optimizer, index: int, native: bool) -> list[_Bucket]:
+        """The buckets of one optimizer group: its decayed tensors, split by strength multiplier."""
+        group = optimizer.param_groups[index]
+        multipliers = {g["name"]: g["weight_decay"] / self.plan.weight_decay for g in self.plan.groups}
+        by_key: dict[str, list[torch.Tensor]] = {}
+        for param in group["params"]:
+            by_key.setdefault(self._plan_key(param), []).append(param)
+        buckets = []
+        for key, params in by_key.items():
+            multiplier = multipliers.get(key, 0.0)
+            if not multiplier:
+                continue
+            lr0 = float(group.get("initial_lr", group["lr"]))
+            lr_max = float(max(group.get("max_lr", 0.0), lr0))
+            if self.timescale_epochs:  # lambda such that the rate at lr0 is 1 / (tau * steps per epoch)
+                unit = {"lr": lr0, "lr_ratio": 1.0, "none": 1.0, "corrected": lr0 * lr0 / lr_max}[self.lr_coupling]
+                multiplier /= unit * self.timescale_epochs * self._steps_per_epoch_value
+            bucket = _Bucket(optimizer=optimizer, index=index, names=[self._names.get(id(p), "?") for p in params],
+                             params=params, multiplier=multiplier, native=native, lr0=lr0, lr_max=lr_max)
+            self.scheme.prepare(params, bucket.state)
+            buckets.append(bucket)
+        return buckets
+
+    def _held_names(self, optimizers) -> set[str]:
+        return {self._names[id(p)] for opt in optimizers for g in opt.param_groups for p in g["params"]
+                if id(p) in self._names}
+
+    def _adopt_new_groups(self, index: int) -> None:
+        """Groups added during training (e.g. ``BaseFinetuning.unfreeze_and_add_param_group``): their tensors
+        are classified by the same rules and decayed by the callback itself; their ``weight_decay`` is set to 0."""
+        optimizer = self._optimizers[index]
+        self.plan = self._plan(self._optimizers, self._module)
+        self._held = self._held_names(self._optimizers)
+        for group_index in range(self._group_counts[index], len(optimizer.param_groups)):
+            group = optimizer.param_groups[group_index]
+            if "weight_decay" in group:
+                group["weight_decay"] = 0.0
+            new = self._group_buckets(optimizer, group_index, native=False)
+            self._prepare_reference(new)
+            self._buckets[index] += new
+        self._group_counts[index] = len(optimizer.param_groups)
 
     @staticmethod
     def _steps_per_epoch(trainer: Trainer) -> int:
@@ -456,6 +494,8 @@ class WeightDecay(Callback):
 
     @torch.no_grad()
     def _before(self, index: int) -> None:
+        if len(self._optimizers[index].param_groups) != self._group_counts[index]:
+            self._adopt_new_groups(index)
         step = self._steps[index]
         for bucket in self._buckets[index]:
             lr = float(bucket.group["lr"])
@@ -545,6 +585,13 @@ class WeightDecay(Callback):
     @override
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_epoch = trainer.current_epoch  # restored by now when resuming
+        # A resumed optimizer's load_state_dict (after fit start) brings back the checkpoint's weight_decay
+        # values, which for a checkpoint saved without this callback decay every tensor of the group. Native
+        # groups get their value again before every step, so all can be zeroed here.
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if "weight_decay" in group:
+                    group["weight_decay"] = 0.0
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
@@ -593,6 +640,7 @@ class WeightDecay(Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_installed"], state["_buckets"], state["_fitting"] = [], [], False
+        state["_optimizers"], state["_module"] = [], None
         # Lightning attaches the module's `log`/`log_dict` to every callback at fit: bound to the model, they
         # would drag it (and its optimizer closures) into the pickle.
         state.pop("log", None)

@@ -17,7 +17,8 @@ class Scheme:
 
     * :meth:`before_update` -- the part the optimizer can do itself when ``native`` matches it
       (``"decoupled"``: AdamW-style ``weight_decay``; ``"coupled"``: SGD/Adam-style L2 on the gradient);
-      skipped when the optimizer does it natively with ``native_strength(strength)``;
+      skipped when the optimizer does it natively: its ``weight_decay`` is then ``native_strength`` of the
+      strength (coupled) or of the lr-coupling coefficient (decoupled, so that ``lr * weight_decay`` is the rate);
     * the optimizer's own update;
     * :meth:`after_update` -- proximal steps (exact zeros) and anything needing the update.
 
