@@ -13,7 +13,6 @@ import lightning_wd
 from lightning_wd.examples import (
     CNN1D,
     MLP,
-    BatchNormMLP,
     DigitsDataModule,
     MNIST1DDataModule,
     TinyTransformer,
@@ -130,7 +129,7 @@ def test_digits_split_is_fixed_and_standardized():
     ("model", "inputs"),
     [
         (MLP(), torch.randn(5, 40)),
-        (BatchNormMLP(in_features=64, hidden=(32,)), torch.randn(5, 64)),
+        (MLP(in_features=64, hidden=(32,), batchnorm=True), torch.randn(5, 64)),
         (CNN1D(), torch.randn(5, 40)),
         (TinyTransformer(), torch.randint(0, 32, (5, 40))),
     ],
@@ -154,7 +153,7 @@ def test_models_contain_the_layers_decay_rules_care_about():
     ("make_model", "make_data"),
     [
         (lambda: MLP(hidden=(16, 16)), lambda: MNIST1DDataModule(batch_size=30, disk_cache=False, **SMALL)),
-        (lambda: BatchNormMLP(in_features=64, hidden=(16,)), lambda: DigitsDataModule(batch_size=30)),
+        (lambda: MLP(in_features=64, hidden=(16,), batchnorm=True), lambda: DigitsDataModule(batch_size=30)),
         (lambda: CNN1D(channels=(8, 8)), lambda: MNIST1DDataModule(batch_size=30, disk_cache=False, **SMALL)),
         (lambda: TinyTransformer(vocab_size=8, d_model=16, nhead=2, dim_feedforward=32),
          lambda: MNIST1DDataModule(batch_size=30, as_sequence=True, vocab_size=8, disk_cache=False, **SMALL)),

@@ -11,12 +11,11 @@ from lightning_wd.examples.data import (
     load_mnist1d,
     quantize,
 )
-from lightning_wd.examples.models import CNN1D, MLP, BatchNormMLP, ClassifierModule, TinyTransformer
+from lightning_wd.examples.models import CNN1D, MLP, ClassifierModule, TinyTransformer
 
 __all__ = [
     "CNN1D",
     "MLP",
-    "BatchNormMLP",
     "ClassifierModule",
     "DigitsDataModule",
     "MNIST1DDataModule",

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_wd.optim import resolve_optimizer
 
-__all__ = ["CNN1D", "MLP", "LR_SCHEDULERS", "BatchNormMLP", "ClassifierModule", "TinyTransformer"]
+__all__ = ["CNN1D", "MLP", "LR_SCHEDULERS", "ClassifierModule", "TinyTransformer"]
 
 LR_SCHEDULERS = ("cosine", "step", "onecycle")
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -184,35 +184,6 @@ class MLP(ClassifierModule):
             width = size
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
-
-
-class BatchNormMLP(MLP):
-    """:class:`MLP` with ``BatchNorm1d`` after each hidden layer (the article's third regulariser).
-
-    Takes the arguments of :class:`MLP`; ``batchnorm`` defaults to True.
-
-    Example:
-        >>> model = BatchNormMLP(hidden=(8,))
-        >>> sum(isinstance(m, nn.BatchNorm1d) for m in model.modules())
-        1
-    """
-
-    def __init__(
-        self,
-        in_features: int = 40,
-        hidden: tuple[int, ...] = (100, 100),
-        num_classes: int = 10,
-        activation: str = "relu",
-        batchnorm: bool = True,
-        dropout: float = 0.0,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        lr_scheduler: str | None = None,
-        optimizer_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(in_features, hidden, num_classes, activation, batchnorm, dropout, optimizer, lr,
-                         weight_decay, lr_scheduler, optimizer_kwargs)
 
 
 class CNN1D(ClassifierModule):
