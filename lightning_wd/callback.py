@@ -554,7 +554,7 @@ class WeightDecay(Callback):
                 if value is not None:
                     penalties.append(value)
         if penalties:
-            stats["wd/penalty"] = float(torch.stack([p.double().cpu() for p in penalties]).sum())
+            stats["wd/penalty"] = torch.stack([p.double() for p in penalties]).sum().item()
         if isinstance(self.scheme, GroupLasso):
             stats["wd/dead_units"] = float(sum(GroupLasso.dead_units(b.params, {}) for b in self._iter_buckets()))
         return stats

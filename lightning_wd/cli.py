@@ -11,6 +11,7 @@ LightningCLI subcommands only, so ``--help`` and ``--version`` stay quick.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
@@ -48,6 +49,27 @@ A bad configuration exits with code 2 and one line on stderr (LIGHTNING_WD_DEBUG
 
 class ConfigError(Exception):
     """A configuration problem, reported as one line and exit code 2."""
+
+
+class UsageError(ValueError):
+    """A bad command-line argument of a subcommand, reported as one line and exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` whose errors raise :class:`UsageError` instead of printing usage and exiting.
+
+    Example:
+        >>> parser = OneLineParser(prog="x")
+        >>> _ = parser.add_argument("--n", type=int)
+        >>> try:
+        ...     parser.parse_args(["--n", "a"])
+        ... except UsageError as error:
+        ...     print(error)
+        argument --n: invalid int value: 'a'
+    """
+
+    def error(self, message: str):
+        raise UsageError(message)
 
 
 def one_line(message: object, limit: int = 600) -> str:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -24,6 +23,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_wd.cli import OneLineParser, UsageError
 
 __all__ = [
     "COLUMNS",
@@ -356,15 +357,6 @@ def format_table(rows: Sequence[Mapping], fmt: str = "table") -> str:
     return "\n".join([render(headers), *(render(line) for line in cells)])
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise _UsageError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``lightning-wd compare [--experiment NAME] [--tracking-uri URI] [--format table|markdown|csv]``.
 
@@ -375,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["--format", "xml"])
         2
     """
-    parser = _Parser(prog="lightning-wd compare",
+    parser = OneLineParser(prog="lightning-wd compare",
                      description="Compare MLflow runs: scheme, strength, accuracy, non-zero fraction.")
     parser.add_argument("--experiment", default=None, help="experiment name or id (default: lightning_wd)")
     parser.add_argument("--tracking-uri", default=None,
@@ -383,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    except _UsageError as error:
+    except UsageError as error:
         print(f"lightning-wd compare: error: {error}", file=sys.stderr)
         return 2
     except SystemExit as done:  # --help

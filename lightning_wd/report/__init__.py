@@ -8,7 +8,6 @@ measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -172,14 +171,15 @@ def _markdown(sections, runs, sweep, seeds, epochs, quick, seconds, experiment, 
 
 def main(argv: list[str] | None = None) -> int:
     """``lightning-wd report [--quick] [--out DIR] [--tracking-uri URI] [--seeds K] [--epochs E]``."""
-    parser = argparse.ArgumentParser(prog="lightning-wd report", description=__doc__.splitlines()[0])
+    from lightning_wd.cli import OneLineParser
+
+    parser = OneLineParser(prog="lightning-wd report", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 20 epochs (under five minutes)")
     parser.add_argument("--out", default="report", help="output folder (default: report)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default store: mlruns/)")
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 3; quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 60; quick 20)")
-    parser.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # one line, not usage
     try:
         args = parser.parse_args(argv)
         if args.seeds is not None and args.seeds < 1:

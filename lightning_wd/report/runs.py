@@ -72,6 +72,7 @@ def _recorder():
             self.epochs: list[dict] = []
             self._losses: list = []
             self._start = 0.0
+            self._pending: dict[str, float] = {}  # this epoch's validation metrics
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._losses, self._start = [], time.perf_counter()
@@ -96,7 +97,7 @@ def _recorder():
                 entry["train/loss"] = float(torch.stack(self._losses).mean())
             if "train/acc" in trainer.callback_metrics:
                 entry["train/acc"] = float(trainer.callback_metrics["train/acc"])
-            entry.update(getattr(self, "_pending", {}))
+            entry.update(self._pending)
             self._pending = {}
             decay = find_decay_callback(trainer)
             if decay is not None:

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from lightning_wd.cli import OneLineParser, UsageError
 from lightning_wd.tuning.space import TuneError
 
 __all__ = ["build_parser", "main", "split_overrides"]
@@ -17,15 +18,6 @@ LightningCLI after the recipe. n_trials is the study's target of finished trials
 resumes the study and runs only the missing ones. Exit codes: 0 done, 1 failed, 2 bad arguments, 130 interrupted."""
 # LightningCLI top-level keys without a dot that a trial may override
 _TOP_LEVEL = ("seed_everything", "optimizer", "lr_scheduler", "experiment", "tracking_uri", "run_name")
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line on stderr, exit 2 (main), instead of usage + message
-        raise _UsageError(message)
 
 
 def _positive_int(text: str) -> int:
@@ -60,7 +52,7 @@ def _seed(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lightning-wd tune`` (LightningCLI overrides are left over)."""
-    p = _Parser(prog=PROG, description="Optuna study over the weight decay of a recipe; each trial is a fit.",
+    p = OneLineParser(prog=PROG, description="Optuna study over the weight decay of a recipe; each trial is a fit.",
                 epilog=EPILOG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True, metavar="RECIPE",
                    help="the recipe (YAML, with a tune: section or not)")
@@ -153,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides=overrides, out=args.out, workers=args.workers, heartbeat_interval=args.heartbeat_interval,
             grace_period=args.grace_period, progress=not args.no_progress,
         )
-    except (_UsageError, TuneError) as error:
+    except (UsageError, TuneError) as error:
         if debug:
             raise
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
