@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import interleaved
-from lightning_wd.schemes import get_scheme
+from lightning_wd.core.schemes import get_scheme
 
 SELF_APPLIED = ("l1", "elastic_net", "group_lasso", "l2_sp", "cautious")
 

@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.common import interleaved
 from benchmarks.step_overhead import SHAPES
-from lightning_wd.stats import weight_stats
+from lightning_wd.core.stats import weight_stats
 
 
 def run(interval: int = 50, repeats: int = 7, number: int = 10) -> list[dict]:

@@ -2,7 +2,7 @@
 
 Figure: epochs a TPE study spends until one of its trials is within 0.5 points of the grid's best
 validation accuracy, as a share of the grid's epochs (mean over study seeds). Every trial is a real fit
-of ``recipes/tune_mnist1d_mlp.yaml`` through ``lightning_wd.tuning.tune``.
+of ``recipes/tune_mnist1d_mlp.yaml`` through ``lightning_wd.apps.tuning.tune``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _epochs(trial) -> int:
 
 def run(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 15, grid_points: int = 16, tpe_trials: int = 16,
         tolerance: float = 0.005) -> list[dict]:
-    from lightning_wd.tuning import tune
+    from lightning_wd.apps.tuning import tune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,10 +5,11 @@ Three ways in: :class:`WeightDecay` (a callback that retrofits the user's optimi
 MLflow and Optuna are imported only where they are used.
 """
 
-from lightning_wd.grouping import AuditRow, GroupPlan, explain, param_groups, plan_groups
-from lightning_wd.optim import GroupedOptimizer, build_optimizer
+from lightning_wd.core.audit import AuditRow, GroupPlan
+from lightning_wd.core.grouping import explain, param_groups, plan_groups
+from lightning_wd.core.optim import GroupedOptimizer, build_optimizer
+from lightning_wd.core.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "AuditRow",
     "GroupPlan",
@@ -24,7 +25,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "WeightDecay":  # the callback imports lightning (~4 s): load it on first use
-        from lightning_wd.callback import WeightDecay
+        from lightning_wd.core.callback import WeightDecay
 
         return WeightDecay
     raise AttributeError(f"module 'lightning_wd' has no attribute {name!r}")

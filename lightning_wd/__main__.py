@@ -1,6 +1,6 @@
 """``python -m lightning_wd`` is the ``lightning-wd`` command."""
 
-from lightning_wd.cli import main
+from lightning_wd.apps.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

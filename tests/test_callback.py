@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_wd import param_groups
-from lightning_wd.callback import WeightDecay
+from lightning_wd.core.callback import WeightDecay
 
 S = 0.1  # decay strength
 LR = 0.05
@@ -420,7 +420,7 @@ DDP_SCRIPT = """
 import sys, torch, lightning as L
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from lightning_wd.callback import WeightDecay
+from lightning_wd.core.callback import WeightDecay
 
 torch.set_default_dtype(torch.float64)
 

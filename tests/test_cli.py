@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
-from lightning_wd import cli
-from lightning_wd.cli import ConfigError, create_cli, describe, main, one_line
+from lightning_wd.apps import cli
+from lightning_wd.apps.cli import create_cli, describe, main
+from lightning_wd.apps.errors import ConfigError
+from lightning_wd.core.messages import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -29,7 +31,7 @@ QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--t
 # so each case prints what a separate `python -m lightning_wd ...` would print.
 DRIVER = r"""
 import json, os, sys, tempfile, warnings
-from lightning_wd.cli import main
+from lightning_wd.apps.cli import main
 results = []
 for args in json.loads(sys.argv[1]):
     warnings.filterwarnings("default", message="^never matches$")
@@ -127,7 +129,7 @@ def test_version_and_help(capsys):
 
 
 def test_version_subprocess_is_quick_and_skips_lightning(tmp_path):
-    code = "import sys; from lightning_wd.cli import main; main(['--version']); print('lightning' in sys.modules)"
+    code = "import sys; from lightning_wd.apps.cli import main; main(['--version']); print('lightning' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["lightning-wd", "0.1.0", "False"]
@@ -159,7 +161,7 @@ def test_one_line_condenses_jsonargparse_trees():
                "  Errors:\n    - Option 'weight_decy' is not accepted\n    - Not a valid subclass of Callback\n"
                "      Subclass types expect one of:\n      - a class path (str)\n"
                "    - Expected a <class 'NoneType'>\n  Given value type: <class 'list'>")
-    line = one_line(message)
+    line = one_line(message, noise=cli._NOISE)
     assert "\n" not in line and "weight_decy" in line and line.startswith('Parser key "trainer.callbacks"')
     inner = ValueError("Expected a <class 'float'>. Got value: abc")
     outer = TypeError('Parser key "strength":\n  Expected a float')

@@ -9,7 +9,8 @@ import time
 import pytest
 from fixtures_mlflow import free_port
 
-from lightning_wd.compare import ExperimentNotFound, TrackingUnavailable, compare_runs, format_table, main
+from lightning_wd.apps.compare import ExperimentNotFound, compare_runs, format_table, main
+from lightning_wd.tracking.uris import TrackingUnavailable
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lightning_wd import explain, param_groups, plan_groups
-from lightning_wd.grouping import AuditRow, fingerprint, is_norm_module
+from lightning_wd.core.grouping import AuditRow, fingerprint, is_norm_module
 
 # -- helpers ------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_wd import GroupedOptimizer, build_optimizer
-from lightning_wd.optim import OPTIMIZERS, resolve_optimizer
+from lightning_wd.core.optim import OPTIMIZERS, resolve_optimizer
 
 SHORT_NAMES = ["adamw", "adam", "sgd", "rmsprop", "adagrad", "nadam", "radam", "adamax"]
 FUSED = {torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD, torch.optim.Adagrad}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_wd import plots
-from lightning_wd.plots import PNG_MAGIC, is_png
+from lightning_wd.tracking import plots
+from lightning_wd.tracking.plots import PNG_MAGIC, is_png
 
 
 def history(layers: int, steps: int = 30) -> list[dict]:

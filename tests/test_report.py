@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_wd.report import geometric_sequence, main, where_it_acts
-from lightning_wd.report import tables as t
-from lightning_wd.report.runs import Run, Setting, mean_sd, run_setting
+from lightning_wd.apps.report import geometric_sequence, main, where_it_acts
+from lightning_wd.apps.report import tables as t
+from lightning_wd.apps.report.runs import Run, Setting, mean_sd, run_setting
 
 
 def _runs(key: str, finals: list[tuple[float, float]], seconds: float = 1.0) -> list[Run]:

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lit_net import Net, float64  # noqa: F401  (float64: fixture)
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_wd.callback import WeightDecay
+from lightning_wd.core.callback import WeightDecay
 
 EPOCHS = 4
 LR = 0.05

@@ -14,8 +14,8 @@ from torch.optim import lr_scheduler as S
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_wd import param_groups
-from lightning_wd.callback import WeightDecay
-from lightning_wd.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
+from lightning_wd.core.callback import WeightDecay
+from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
 
 WD = 0.1
 LR = 0.05

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_wd.callback import WeightDecay
-from lightning_wd.schedules import SCHEDULES, StrengthSchedule
+from lightning_wd.core.callback import WeightDecay
+from lightning_wd.core.schedules import SCHEDULES, StrengthSchedule
 
 DT = torch.float64
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_wd.callback import WeightDecay
-from lightning_wd.schemes import SCHEMES, ElasticNet, GroupLasso, get_scheme
-from lightning_wd.schemes.base import soft_threshold_
+from lightning_wd.core.callback import WeightDecay
+from lightning_wd.core.schemes import SCHEMES, ElasticNet, GroupLasso, get_scheme
+from lightning_wd.core.schemes.base import soft_threshold_
 
 DT = torch.float64
 SHAPES = [(0,), (), (7,), (3, 5), (4, 3, 3, 3), (2, 0), (6, 4)]

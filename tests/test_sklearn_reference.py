@@ -17,7 +17,7 @@ from sklearn.linear_model import ElasticNet, Lasso, Ridge
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_wd.callback import WeightDecay
+from lightning_wd.core.callback import WeightDecay
 
 DT = torch.float64
 N, FEATURES = 200, 8

@@ -13,8 +13,8 @@ from lit_net import float64  # noqa: F401  (fixture)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_wd.callback import WeightDecay
-from lightning_wd.stats import nonzero_counts, weight_stats
+from lightning_wd.core.callback import WeightDecay
+from lightning_wd.core.stats import nonzero_counts, weight_stats
 
 DECAYED = ("body.0.weight", "head.weight")  # the default rules' decayed tensors of Net
 

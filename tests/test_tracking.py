@@ -23,7 +23,6 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_wd import build_optimizer, explain
-from lightning_wd.plots import PNG_MAGIC
 from lightning_wd.tracking import (
     DEFAULT_TRACKING_URI,
     MLflowRecord,
@@ -35,6 +34,7 @@ from lightning_wd.tracking import (
     resolve_tracking_uri,
     run_id_from_checkpoint,
 )
+from lightning_wd.tracking.plots import PNG_MAGIC
 
 STEPS_PER_EPOCH = 4
 
@@ -141,7 +141,7 @@ def _no_env_uri(monkeypatch):
 
 
 def test_import_lightning_wd_does_not_import_mlflow():
-    code = "import sys, lightning_wd, lightning_wd.compare; assert 'mlflow' not in sys.modules, 'mlflow'"
+    code = "import sys, lightning_wd, lightning_wd.apps.compare; assert 'mlflow' not in sys.modules, 'mlflow'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -333,7 +333,7 @@ def test_log_config_rejects_escaping_names():
 
 @pytest.mark.server
 def test_fit_over_http_and_compare(tmp_path, mlflow_server, capsys):
-    from lightning_wd import compare
+    from lightning_wd.apps import compare
 
     logger = mlflow_logger("http", tracking_uri=mlflow_server, run_name="over-http")
     decay = StandInDecay(keep_history=False)  # no history: the plots are drawn from MLflow's metrics

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_wd.tuning import tune
+from lightning_wd.apps.tuning import tune
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

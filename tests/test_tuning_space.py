@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_wd.tuning import SCHEME_RANGES, FloatRange, SearchSpace, TuneError, main
-from lightning_wd.tuning.settings import resolve_settings
-from lightning_wd.tuning.space import best_recipe, trial_recipe, wd_init_args
+from lightning_wd.apps.tuning import SCHEME_RANGES, FloatRange, SearchSpace, TuneError, main
+from lightning_wd.apps.tuning.settings import resolve_settings
+from lightning_wd.apps.tuning.space import best_recipe, trial_recipe, wd_init_args
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -104,7 +104,7 @@ def test_trial_and_best_recipes_set_the_callback_and_drop_tune():
     assert wd_init_args(out) == {"scheme": "l1", "strength": 0.001}
     assert wd_init_args(base)["strength"] == 0.1
     added = trial_recipe({"model": {}}, {"strength": 0.5})
-    assert added["trainer"]["callbacks"] == [{"class_path": "lightning_wd.callback.WeightDecay",
+    assert added["trainer"]["callbacks"] == [{"class_path": "lightning_wd.core.callback.WeightDecay",
                                               "init_args": {"strength": 0.5}}]
     two = recipe()
     two["trainer"]["callbacks"] *= 2
@@ -170,7 +170,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, monkeypatch
 def test_bad_override_through_the_lightning_wd_command_exits_2(tmp_path, monkeypatch, capsys):
     from tuning_toy import write_recipe
 
-    from lightning_wd.cli import main as lightning_wd_main
+    from lightning_wd.apps.cli import main as lightning_wd_main
 
     monkeypatch.chdir(tmp_path)
     path = write_recipe(tmp_path)
@@ -180,14 +180,14 @@ def test_bad_override_through_the_lightning_wd_command_exits_2(tmp_path, monkeyp
 
 
 def test_import_is_light():
-    code = ("import sys, lightning_wd, lightning_wd.tuning, lightning_wd.tuning.study; "
+    code = ("import sys, lightning_wd, lightning_wd.apps.tuning, lightning_wd.apps.tuning.study; "
             "print(sorted(m for m in ('optuna', 'mlflow', 'lightning') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_every_scheme_has_a_default_range():
-    from lightning_wd.schemes import SCHEMES
+    from lightning_wd.core.schemes import SCHEMES
 
     assert set(SCHEME_RANGES) == set(SCHEMES)
 
@@ -213,7 +213,7 @@ def test_plots_pareto_table_and_summary_lines_from_a_synthetic_study(tmp_path):
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from lightning_wd.tuning.report import pareto_rows, plot_study, summary_line, write_pareto
+    from lightning_wd.apps.tuning.report import pareto_rows, plot_study, summary_line, write_pareto
 
     dists = {"scheme": CategoricalDistribution(["l1", "l2"]), "strength": FloatDistribution(1e-7, 1.0, log=True)}
     single = optuna.create_study(direction="maximize")
@@ -239,9 +239,9 @@ def test_plots_pareto_table_and_summary_lines_from_a_synthetic_study(tmp_path):
 def test_a_second_process_on_a_sqlite_study_is_warned_about(tmp_path):
     import optuna
 
-    from lightning_wd.tuning.settings import resolve_settings
-    from lightning_wd.tuning.storage import open_storage
-    from lightning_wd.tuning.study import _warn_shared_sqlite
+    from lightning_wd.apps.tuning.settings import resolve_settings
+    from lightning_wd.apps.tuning.storage import open_storage
+    from lightning_wd.apps.tuning.study import _warn_shared_sqlite
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=5))

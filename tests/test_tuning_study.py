@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_wd.tuning import main, tune
+from lightning_wd.apps.tuning import main, tune
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

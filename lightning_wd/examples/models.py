@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_wd.optim import resolve_optimizer
+from lightning_wd.core.optim import resolve_optimizer
 
 __all__ = ["CNN1D", "MLP", "LR_SCHEDULERS", "ClassifierModule", "TinyTransformer"]
 
@@ -44,7 +44,7 @@ class ClassifierModule(LightningModule):
     Args:
         num_classes: number of classes.
         optimizer: optimizer short name (``adam``, ``adamw``, ``sgd``, ...), ``torch.optim`` class name or
-            import path, resolved by :func:`lightning_wd.optim.resolve_optimizer`.
+            import path, resolved by :func:`lightning_wd.core.optim.resolve_optimizer`.
         lr: learning rate.
         weight_decay: the optimizer's own ``weight_decay`` (leave 0 when the WeightDecay callback decays).
         lr_scheduler: ``None``, ``"cosine"`` (per step, to zero), ``"step"`` (x0.1 at each third of the

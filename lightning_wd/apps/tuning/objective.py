@@ -1,0 +1,354 @@
+"""One trial: an ordinary fit of the recipe, with the sampled decay, reported to Optuna every validation.
+
+Each trial writes a copy of the recipe with the WeightDecay callback's ``init_args`` set to the sample,
+builds the same LightningCLI the ``fit`` command uses (``run=False``, ``--config`` the copy, then the
+user's overrides), replaces the trainer's loggers with an ``MLFlowLogger`` on the trial's child run, adds
+:class:`TrialMonitor` (and ``MLflowRecord``), and calls ``trainer.fit``.
+
+Pruning without exceptions inside the fit: at the end of each validation :class:`TrialMonitor` reports the
+monitored metric (``trial.report(value, step=validation round)``); when the pruner says so it sets
+``trainer.should_stop`` and remembers it. The fit ends normally (loggers FINISHED, checkpoints and
+callbacks consistent), and :class:`Objective` raises ``optuna.TrialPruned`` after ``trainer.fit`` returns.
+
+DDP: the monitor's decisions go through the strategy (rank zero reports to Optuna and decides; the decision
+is broadcast so every rank stops at the same step; a non-finite loss on any rank stops all of them), and
+everything the objective needs afterwards (pruned, fail reason, last value, ``wd/*`` statistics) is stored in
+the trial's user attributes, so it also reaches the main process when the ranks are spawned processes
+(``ddp_spawn``: the trial and its storage are pickled into them, which needs an RDB or journal storage).
+Strategy ``ddp`` launches ranks by re-running the command line, which would re-run the whole study per
+rank: it is refused, use ``--trainer.strategy ddp_spawn``.
+
+A NaN/inf training loss or monitored metric stops the fit at once; the trial then ends FAIL with the user
+attribute ``fail_reason`` and the study goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+from lightning_wd.apps.tuning.space import SPARSITY_KEY, SearchSpace, TuneError, trial_recipe
+
+__all__ = ["SPARSITY_KEY", "NonFiniteTrial", "Objective", "TrialMonitor", "build_cli"]
+
+ATTR_LAST = "last_value"
+ATTR_PRUNED = "pruned_at_round"
+ATTR_REASON = "fail_reason"
+
+
+class NonFiniteTrial(RuntimeError):
+    """The trial's loss or monitored metric became NaN/inf (the trial ends FAIL, the study goes on)."""
+
+
+def build_cli(args: list[str]) -> Any:
+    """The project's LightningCLI (``lightning_wd.apps.cli.create_cli``) built with ``run=False`` on ``args``.
+
+    Raises:
+        TuneError: the configuration is invalid (one-line message).
+    """
+    try:
+        from lightning_wd.apps.cli import create_cli
+        from lightning_wd.apps.errors import ConfigError
+    except ImportError:  # an installation without the project's CLI: plain LightningCLI
+        from lightning.pytorch.cli import LightningCLI
+
+        try:
+            return LightningCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=args,
+                                save_config_callback=None)
+        except SystemExit as exit_:
+            raise TuneError(f"invalid configuration (exit {exit_.code})") from None
+    try:
+        return create_cli(args, run=False)
+    except ConfigError as error:
+        from lightning_wd.core.messages import one_line
+
+        raise TuneError(one_line(error)) from None
+    except SystemExit as exit_:  # a parser that prints and exits (LIGHTNING_WD_DEBUG=1)
+        raise TuneError(f"invalid configuration (exit {exit_.code})") from None
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.detach().float().cpu().item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class TrialMonitor(Callback):
+    """Report the monitored metric to an Optuna trial after each validation, prune, stop on NaN/inf.
+
+    Args:
+        trial: the ``optuna.Trial``.
+        metric: the monitored metric in ``trainer.callback_metrics`` (e.g. ``val/acc``).
+        report: report intermediate values and ask the pruner (single-objective studies only).
+
+    Raises:
+        TuneError: (during fit) the metric is not logged by the model.
+    """
+
+    def __init__(self, trial: Any, metric: str, report: bool = True) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.report = report
+        self.rounds = 0
+        self.pruned = False
+        self.fail_reason: str | None = None
+        self.last_value: float | None = None
+        self.wd_stats: dict[str, float] = {}
+
+    def _attr(self, trainer: Any, key: str, value: Any) -> None:
+        if trainer.is_global_zero:
+            self.trial.set_user_attr(key, value)
+
+    def _stop(self, trainer: Any, reason: str) -> None:
+        trainer.should_stop = True
+        if self.fail_reason is None:
+            self.fail_reason = reason
+            self._attr(trainer, ATTR_REASON, reason)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Stop every rank at the first non-finite training loss (one boolean all-reduce per step)."""
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):  # one rank's NaN stops every rank
+            value = _finite(loss) if isinstance(loss, torch.Tensor) else None
+            self._stop(trainer, f"non-finite training loss ({value}) at epoch {trainer.current_epoch}, "
+                                f"step {trainer.global_step}")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Report the metric (rank zero), ask the pruner, broadcast its decision, stop on NaN/inf."""
+        if trainer.sanity_checking or self.fail_reason is not None:
+            return
+        if self.metric not in trainer.callback_metrics:
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+            raise TuneError(f"metric {self.metric!r} is not logged by the model (logged: {logged}); "
+                            "choose one with --metric")
+        value = _finite(trainer.callback_metrics[self.metric])
+        if value is None or not math.isfinite(value):
+            self._stop(trainer, f"non-finite {self.metric} ({value}) at epoch {trainer.current_epoch}")
+            return
+        self.last_value = value
+        self._attr(trainer, ATTR_LAST, value)
+        round_ = self.rounds
+        self.rounds += 1
+        if not self.report:
+            return
+        prune = False
+        if trainer.is_global_zero:
+            self.trial.report(value, step=round_)
+            prune = bool(self.trial.should_prune())
+        prune = trainer.strategy.broadcast(prune, src=0)
+        if prune:
+            self.pruned = True
+            trainer.should_stop = True
+            self._attr(trainer, ATTR_PRUNED, round_)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Store the final ``wd/*`` statistics of the WeightDecay callback in the trial's user attributes."""
+        if not trainer.is_global_zero:
+            return
+        from lightning_wd.tracking import find_decay_callback
+
+        wd = find_decay_callback(trainer)
+        if wd is None:
+            return
+        stats = wd.history[-1]["metrics"] if wd.history else wd.compute_stats(pl_module)
+        self.wd_stats = {k: float(v) for k, v in stats.items() if k.count("/") == 1 and _finite(v) is not None}
+        for key, value in self.wd_stats.items():
+            self.trial.set_user_attr(key, value)
+
+
+class Objective:
+    """The Optuna objective: one fit of the recipe per trial (see the module docstring).
+
+    Args:
+        recipe: the recipe (dict, ``tune:`` section included or not).
+        space: what to sample.
+        overrides: LightningCLI arguments after ``--config`` (e.g. ``["--trainer.max_epochs", "3"]``).
+        metric: the monitored metric.
+        objectives: ``["accuracy"]`` or ``["accuracy", "sparsity"]``.
+        record: the :class:`~lightning_wd.apps.tuning.record.StudyRecord`.
+        grid: the study uses the grid sampler (strength over the union range of the schemes).
+        seed: ``seed_everything`` of each trial when the recipe sets none.
+        worker: index of this worker (a tag of the child runs).
+        on_trial_start: called with the trial number when a trial starts (progress display).
+    """
+
+    def __init__(self, recipe: Mapping, space: SearchSpace, overrides: Sequence[str], metric: str,
+                 objectives: Sequence[str], record: Any, grid: bool = False, seed: int | None = None,
+                 worker: int = 0, on_trial_start: Any = None) -> None:
+        self.recipe = dict(recipe)
+        self.space = space
+        self.overrides = list(overrides)
+        self.metric = metric
+        self.objectives = list(objectives)
+        self.record = record
+        self.grid = grid
+        self.seed = seed
+        self.worker = worker
+        self.on_trial_start = on_trial_start
+        self._tmp = tempfile.TemporaryDirectory(prefix="lightning_wd_tune_")
+
+    def config_for(self, params: Mapping[str, Any]) -> dict:
+        """The trial's recipe: the sampled decay set on the WeightDecay callback, ``tune:`` removed."""
+        config = trial_recipe(self.recipe, self.space.wd_args(params))
+        if self.seed is not None and "seed_everything" not in config:
+            config["seed_everything"] = self.seed
+        return config
+
+    def cli_args(self, path: str | Path) -> list[str]:
+        """LightningCLI arguments of a trial: its config, no logger of the recipe's, the user's overrides."""
+        return ["--config", str(path), "--trainer.logger=false", *self.overrides]
+
+    def write_config(self, config: Mapping, name: str) -> Path:
+        """Write a trial's recipe as YAML into this objective's temporary folder."""
+        import yaml
+
+        path = Path(self._tmp.name) / name
+        path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        return path
+
+    def check(self) -> None:
+        """Build the CLI once on the recipe with the lowest values of the space (config errors fail early).
+
+        Raises:
+            TuneError: the recipe or the overrides are invalid.
+        """
+        import optuna
+
+        low = {}
+        for name in self.space.names:
+            if name == "scheme":
+                low[name] = self.space.schemes[0]
+            else:
+                r = (self.space.strength_range(self.space.schemes[0], self.grid) if name == "strength"
+                     else getattr(self.space, name))
+                low[name] = r.low
+        trial = optuna.trial.FixedTrial(low)
+        params = self.space.suggest(trial, self.grid)
+        path = self.write_config(self.config_for(params), "check.yaml")
+        loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning_wd")]
+        levels = [logger.level for logger in loggers]
+        try:  # a trial will say it all again: keep the check quiet (errors still raise)
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)
+            cli = build_cli(self.cli_args(path))
+            self._check_strategy(cli.trainer)
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+    @staticmethod
+    def _check_strategy(trainer: Any) -> None:
+        from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+        if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+            raise TuneError(
+                "trials cannot use strategy 'ddp' with several processes: it starts the other ranks by re-running "
+                "the command, which would re-run the study; use --trainer.strategy ddp_spawn"
+            )
+
+    def __call__(self, trial: Any) -> float | list[float]:
+        import optuna
+
+        started = time.time()
+        params = self.space.suggest(trial, self.grid)
+        if self.on_trial_start is not None:
+            self.on_trial_start(trial.number, params)
+        run_id = self.record.start_trial(trial.number, params, self.worker)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        state, reason, values = "FAIL", None, None
+        try:
+            values = self._fit(trial, params, run_id)
+            state = "COMPLETE"
+            return values[0] if len(values) == 1 else values
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except NonFiniteTrial as error:
+            reason = str(error)
+            raise
+        except KeyboardInterrupt:
+            state, reason = "KILLED", "interrupted (KeyboardInterrupt)"
+            self._set_reason(trial, reason)
+            raise
+        except Exception as error:
+            from lightning_wd.core.messages import one_line
+
+            reason = f"{type(error).__name__}: {one_line(error)}"
+            self._set_reason(trial, reason)
+            raise
+        finally:
+            self.record.end_trial(run_id, state, values, reason, time.time() - started)
+
+    @staticmethod
+    def _set_reason(trial: Any, reason: str) -> None:
+        try:
+            trial.set_user_attr(ATTR_REASON, reason)
+        except Exception:  # noqa: S110 - the original exception is what matters
+            pass
+
+    def _fit(self, trial: Any, params: Mapping[str, Any], run_id: str) -> list[float]:
+        import optuna
+
+        from lightning_wd.tracking import MLflowRecord
+
+        path = self.write_config(self.config_for(params), f"trial-{trial.number}.yaml")
+        cli = build_cli(self.cli_args(path))
+        trainer = cli.trainer
+        self._check_strategy(trainer)
+        logger = self.record.trial_logger(run_id)
+        trainer.loggers = [logger]
+        monitor = TrialMonitor(trial, self.metric, report=len(self.objectives) == 1)
+        trainer.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "SaveConfigCallback"]
+        trainer.callbacks.append(monitor)
+        if not any(isinstance(c, MLflowRecord) for c in trainer.callbacks):
+            trainer.callbacks.append(MLflowRecord(plots=False))
+        try:
+            from lightning_wd.tracking import log_config
+
+            log_config(logger, path)
+        except Exception:  # noqa: S110 - the config artifact is a convenience
+            pass
+        handler = signal.getsignal(signal.SIGINT)
+        try:
+            trainer.fit(cli.model, datamodule=cli.datamodule)
+        except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
+            raise KeyboardInterrupt(f"fit interrupted (exit {exit_.code})") from None
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
+        # written by the monitor, possibly in spawned rank-zero processes: read back from the storage
+        attrs = trial.storage.get_trial(trial._trial_id).user_attrs
+        reason = monitor.fail_reason or attrs.get(ATTR_REASON)
+        if reason:
+            raise NonFiniteTrial(reason)
+        if monitor.pruned or attrs.get(ATTR_PRUNED) is not None:
+            at = attrs.get(ATTR_PRUNED, monitor.rounds - 1)
+            raise optuna.TrialPruned(f"pruned after validation round {at}")
+        value = monitor.last_value if monitor.last_value is not None else attrs.get(ATTR_LAST)
+        if value is None:
+            raise TuneError(f"no validation ran, so {self.metric!r} was never measured (check limit_val_batches)")
+        values = []
+        for objective in self.objectives:
+            if objective == "accuracy":
+                values.append(float(value))
+            else:
+                sparsity = monitor.wd_stats.get(SPARSITY_KEY, attrs.get(SPARSITY_KEY))
+                if sparsity is None:
+                    raise TuneError(f"the WeightDecay callback reported no {SPARSITY_KEY}")
+                values.append(float(sparsity))
+        return values

@@ -1,0 +1,189 @@
+"""The MLflow record of a study: one parent run per invocation, one child run per trial.
+
+* Parent run (``lightning_wd.kind=study``): params ``space.*``, ``sampler``, ``pruner``, ``recipe``,
+  ``n_trials``, ``metric``, ...; at the end metrics ``best_value`` (or one per objective), the counts of
+  trials per state, params ``best.*``, and artifacts (plots, ``best.yaml``, ``trials.csv``, Pareto table).
+* Child run per trial (tag ``mlflow.parentRunId``): the trial's Lightning curves and ``wd/*`` metrics
+  (its ``MLFlowLogger``), params ``tune.<param>``, tags ``optuna.trial_number``, ``optuna.state`` and
+  ``fail_reason``, metric ``optuna.value`` (``optuna.values.<i>`` for several objectives).
+
+End states: a COMPLETE trial's run is FINISHED; a PRUNED trial's run is FINISHED too, with the tag
+``optuna.state=PRUNED`` (it ended as asked: stopping early is the pruner's decision, not a failure); a
+failed trial's run is FAILED (tag ``fail_reason``); an interrupted trial's run (Ctrl-C) is KILLED, and so is
+the parent of an interrupted study. A trial whose worker was killed gets its run ended KILLED by the worker
+that finds it stale. No run is left RUNNING by a clean or interrupted study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StudyRecord", "end_stale_run"]
+
+KIND_TAG = "lightning_wd.kind"
+PARENT_TAG = "mlflow.parentRunId"
+_PARAM_LIMIT = 500
+
+
+def _text(value: Any) -> str:
+    return " ".join(str(value).split())[:_PARAM_LIMIT]
+
+
+def _warn(what: str, error: BaseException) -> None:
+    warnings.warn(f"lightning_wd tune: could not {what} in MLflow: {_text(error)[:200]}", UserWarning, stacklevel=3)
+
+
+def end_stale_run(tracking_uri: str, run_id: str, trial_number: int) -> None:
+    """End the run of a trial whose worker stopped sending heartbeats as KILLED (best effort)."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_tag(run_id, "fail_reason", f"trial {trial_number}: its worker stopped sending heartbeats")
+            client.set_terminated(run_id, "KILLED")
+    except Exception as error:  # the study goes on without this bookkeeping
+        _warn(f"end the stale run {run_id}", error)
+
+
+class StudyRecord:
+    """Parent and child MLflow runs of one invocation of a study.
+
+    Args:
+        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``).
+        experiment: MLflow experiment name (created if missing).
+        study_name: the Optuna study.
+        parent_run_id: an existing parent run (workers spawned by ``--workers``): not created, not ended here.
+
+    Raises:
+        TuneError: the tracking store cannot be used.
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment: str, study_name: str,
+                 parent_run_id: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        from lightning_wd import tracking
+        from lightning_wd.apps.tuning.space import TuneError
+
+        self.uri = tracking.resolve_tracking_uri(tracking_uri)
+        try:
+            tracking.check_tracking_uri(self.uri)
+        except tracking.TrackingUnavailable as error:
+            raise TuneError(str(error)) from None
+        db = Path(self.uri.split(":///", 1)[1].split("?", 1)[0]) if self.uri.startswith("sqlite:///") else None
+        if db is not None and str(db) != ":memory:":
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # absolute: MLflow caches stores by URI, so a relative one would follow the first working directory
+            _, sep, query = self.uri[len("sqlite:///"):].partition("?")
+            self.uri = f"sqlite:///{db.resolve()}{sep}{query}"
+        self.client = MlflowClient(self.uri)
+        self.experiment = experiment
+        self.study_name = study_name
+        self.experiment_id = self._experiment_id(experiment)
+        self.parent_run_id = parent_run_id
+        self.owns_parent = parent_run_id is None
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage != "deleted":
+            return found.experiment_id
+        from lightning_wd import tracking
+
+        location = getattr(tracking, "_artifact_location", lambda uri: None)(self.uri)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # created meanwhile by another worker
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # -- parent ----------------------------------------------------------------------------------------------
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
+        """Create the parent run (if this invocation owns it) and log ``params``; returns its id."""
+        if self.owns_parent:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"tune-{self.study_name}",
+                tags={KIND_TAG: "study", "optuna.study_name": self.study_name, **dict(tags or {})},
+            )
+            self.parent_run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            items = [Param(str(k), _text(v)) for k, v in params.items() if v is not None]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.parent_run_id, params=items[i:i + 100])
+        return self.parent_run_id
+
+    def finish(self, status: str, metrics: Mapping[str, float] | None = None,
+               params: Mapping[str, Any] | None = None, artifacts: Sequence[Path] = ()) -> None:
+        """Log the study's results and end the parent run with ``status`` (FINISHED, FAILED, KILLED)."""
+        if not self.owns_parent or self.parent_run_id is None:
+            return
+        run_id = self.parent_run_id
+        try:
+            from mlflow.entities import Metric, Param
+
+            now = int(time.time() * 1000)
+            batch_metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+                             if v is not None and math.isfinite(float(v))]
+            batch_params = [Param(str(k), _text(v)) for k, v in (params or {}).items()]
+            if batch_metrics or batch_params:
+                self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
+            for path in artifacts:
+                if Path(path).exists():
+                    self.client.log_artifact(run_id, str(path))
+        except Exception as error:
+            _warn("log the study results", error)
+        finally:
+            self.client.set_terminated(run_id, status)
+
+    # -- children --------------------------------------------------------------------------------------------
+    def start_trial(self, number: int, params: Mapping[str, Any], worker: int = 0) -> str:
+        """Create the child run of trial ``number``; returns its id."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{self.study_name}-trial-{number}",
+            tags={PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "optuna.study_name": self.study_name,
+                  "optuna.trial_number": str(number), "optuna.state": "RUNNING", "optuna.worker": str(worker)},
+        )
+        from mlflow.entities import Param
+
+        items = [Param(f"tune.{k}", _text(v)) for k, v in params.items()]
+        items.append(Param("optuna.trial_number", str(number)))
+        self.client.log_batch(run.info.run_id, params=items)
+        return run.info.run_id
+
+    def trial_logger(self, run_id: str) -> Any:
+        """The Lightning ``MLFlowLogger`` writing into the child run ``run_id``."""
+        from lightning_wd import tracking
+
+        return tracking.mlflow_logger(experiment_name=self.experiment, tracking_uri=self.uri, run_id=run_id)
+
+    def end_trial(self, run_id: str, state: str, values: Sequence[float] | None, reason: str | None,
+                  duration: float, extra: Mapping[str, float] | None = None) -> None:
+        """Tag the trial's outcome, log its value(s), and end its run (see the module docstring)."""
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "KILLED": "KILLED"}.get(state, "FAILED")
+        try:
+            from mlflow.entities import Metric, RunTag
+
+            now = int(time.time() * 1000)
+            tags = [RunTag("optuna.state", "FAIL" if state == "KILLED" else state)]
+            if reason:
+                tags.append(RunTag("fail_reason", _text(reason)))
+            metrics = [Metric("optuna.duration_s", float(duration), now, 0)]
+            values = list(values or [])
+            names = ["optuna.value"] if len(values) == 1 else [f"optuna.values.{i}" for i in range(len(values))]
+            metrics += [Metric(n, float(v), now, 0) for n, v in zip(names, values) if math.isfinite(float(v))]
+            metrics += [Metric(k, float(v), now, 0) for k, v in (extra or {}).items()
+                        if isinstance(v, (int, float)) and math.isfinite(float(v))]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        except Exception as error:
+            _warn(f"record the end of run {run_id}", error)
+        finally:
+            self.client.set_terminated(run_id, status)

@@ -1,0 +1,381 @@
+"""``tune``: run, or resume, an Optuna study over the weight decay of a recipe.
+
+``n_trials`` is the study's target of finished trials (COMPLETE + PRUNED), not a number to add: a worker
+runs trials while fewer than ``n_trials`` are finished or running, so re-running the same command resumes
+the study and runs only the missing trials (none if the target is met), and any number of workers running
+the same command together stop at the target (two workers may both start the last trial: at most
+``workers - 1`` trials more). FAIL trials (NaN loss, killed workers, Ctrl-C) do not count. When the only
+missing trials are running in other workers, a worker waits up to ``grace_period + 2 * heartbeat_interval``
+for one of them to finish short or to go stale (its worker was killed) and be retried, rather than leave the
+study short; then it leaves the running trials to their workers.
+
+``--workers N`` starts N worker processes (spawned) that run trials together; the invoking process only
+supervises them (progress bar, exit codes), then writes ``best.yaml``, the plots and the parent MLflow run,
+under which all the workers' trial runs are logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_wd.apps.tuning import storage as storage_mod
+from lightning_wd.apps.tuning.settings import Settings, make_pruner, make_sampler, resolve_settings
+from lightning_wd.apps.tuning.space import TuneError
+from lightning_wd.core.messages import one_line
+
+__all__ = ["tune"]
+
+
+def _target(settings: Settings) -> int:
+    if settings.sampler != "grid":
+        return settings.n_trials
+    size = math.prod(len(v) for v in settings.space.grid().values())
+    return min(settings.n_trials, size)
+
+
+def _warn_shared_sqlite(study: Any, settings: Settings) -> None:
+    if storage_mod.storage_kind(settings.storage) != "sqlite":
+        return
+    running = {t._trial_id: t.number for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+    if not running:
+        return
+    try:
+        stale = set(study._storage._get_stale_trial_ids(study._study_id)) if settings.heartbeat_interval else set()
+    except Exception:
+        stale = set()
+    alive = sorted(n for i, n in running.items() if i not in stale)
+    if alive:
+        warnings.warn(
+            f"another process is running trial(s) {alive} of study {settings.study_name!r} on SQLite storage: "
+            "SQLite lets one process write at a time, so concurrent workers fail with 'database is locked'; "
+            "share a study with --storage postgresql+psycopg2://... (or journal:PATH on one machine)",
+            UserWarning, stacklevel=3,
+        )
+
+
+class _Progress:
+    """The study's progress bar (finished trials / target) and one summary line per trial."""
+
+    def __init__(self, total: int, done: int, name: str, enabled: bool, names: Sequence[str]) -> None:
+        from tqdm.auto import tqdm
+
+        self.names = list(names)
+        self.bar = tqdm(total=total, initial=min(done, total), desc=f"study {name}", unit="trial",
+                        disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def set(self, done: int) -> None:
+        self.bar.n = min(done, self.bar.total)
+        self.bar.refresh()
+
+    def started(self, number: int, params: Mapping) -> None:
+        from lightning_wd.apps.tuning.report import format_params
+
+        self.bar.set_postfix_str(f"trial {number}: {format_params(params)}")
+
+    def finished(self, study: Any, trial: Any) -> None:
+        from lightning_wd.apps.tuning.report import summary_line
+
+        self.bar.write(summary_line(trial, self.names), file=sys.stdout)
+        self.set(sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")))
+
+    def message(self, text: str) -> None:
+        self.bar.write(text, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _loop(study: Any, objective: Any, settings: Settings, target: int, progress: _Progress,
+          catch: tuple[type[BaseException], ...]) -> None:
+    start = time.monotonic()
+    poll = max(0.5, min(5.0, float(settings.heartbeat_interval or 5)))
+    # long enough for a killed worker's trial to go stale and be retried, which is what waiting is for
+    patience = (settings.grace_period or 0) + 2 * (settings.heartbeat_interval or 0)
+    waiting_since: float | None = None
+    while True:
+        if settings.timeout is not None and time.monotonic() - start >= settings.timeout:
+            progress.message(f"timeout of {settings.timeout:g}s reached: no new trial started")
+            return
+        storage_mod.fail_stale(study)
+        counts = storage_mod.counts(study)
+        done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        running = counts.get("RUNNING", 0)
+        progress.set(done)
+        if done >= target:
+            return
+        if done + running >= target:
+            if not settings.heartbeat_interval or storage_mod.storage_kind(settings.storage) == "journal":
+                return
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                progress.message(f"waiting for {running} trial(s) running in other workers")
+            elif time.monotonic() - waiting_since > patience:
+                progress.message(f"{running} trial(s) still running in other workers: leaving them to finish")
+                return
+            time.sleep(poll)
+            continue
+        waiting_since = None
+        study.optimize(objective, n_trials=1, catch=catch, callbacks=[progress.finished])
+
+
+def _spawn(kwargs: dict, workers: int, parent_run_id: str) -> list:
+    """Start ``workers`` processes running the study (spawned: no state shared with this process)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for index in range(1, workers + 1):
+        worker_kwargs = {**kwargs, "workers": 1, "progress": False, "_parent_run_id": parent_run_id,
+                         "_worker_index": index}
+        process = context.Process(target=_worker_main, args=(worker_kwargs,), name=f"lightning_wd-tune-{index}")
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def _worker_main(kwargs: dict) -> None:
+    """A worker process of ``--workers``: exit 0 done, 1 failed (one line on stderr), 130 interrupted."""
+    try:
+        tune(**kwargs)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as error:
+        from lightning_wd.apps.errors import debug_enabled
+
+        if debug_enabled():
+            raise
+        print(f"lightning-wd tune worker {kwargs.get('_worker_index')}: error: {type(error).__name__}: "
+              f"{one_line(error, 500)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _supervise(study: Any, processes: Sequence, progress: _Progress) -> None:
+    """Show the study's progress while the worker processes run; raise if one of them failed."""
+    while any(p.is_alive() for p in processes):
+        counts = storage_mod.counts(study)
+        progress.set(counts.get("COMPLETE", 0) + counts.get("PRUNED", 0))
+        for process in processes:
+            process.join(timeout=1.0 / len(processes))
+    counts = storage_mod.counts(study)
+    progress.set(counts.get("COMPLETE", 0) + counts.get("PRUNED", 0))
+    codes = [p.exitcode for p in processes]
+    if any(code != 0 for code in codes):
+        raise RuntimeError(f"worker process(es) failed, exit codes {codes} (see their messages above)")
+
+
+def _stop_workers(processes: Sequence, interrupt: bool) -> list[int | None]:
+    import signal
+
+    if interrupt:
+        for process in processes:
+            if process.is_alive() and process.pid:
+                with contextlib.suppress(OSError):
+                    os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(60 if interrupt else None)
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+    return [p.exitcode for p in processes]
+
+
+def _finish(study: Any, settings: Settings, record: Any, progress: _Progress) -> tuple[dict, dict, list[Path]]:
+    """best.yaml, plots, tables; returns metrics, params and artifacts for the parent run."""
+    from lightning_wd.apps.tuning import report
+    from lightning_wd.apps.tuning.space import best_recipe
+
+    names = settings.names
+    trials = study.get_trials(deepcopy=False)
+    metrics: dict[str, float] = {f"trials_{s.lower()}": sum(1 for t in trials if t.state.name == s)
+                                 for s in ("COMPLETE", "PRUNED", "FAIL")}
+    params: dict[str, Any] = {}
+    artifacts: list[Path] = []
+    out = settings.out
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if not complete:
+        progress.message(f"study {settings.study_name}: no completed trial yet, so no best configuration")
+        return metrics, params, artifacts
+    if len(names) == 1:
+        best = study.best_trial
+        metrics["best_value"] = best.value
+        metrics[f"best/{names[0]}"] = best.value
+        summary = f"{names[0]}={best.value:.4g}"
+    else:
+        rows = report.pareto_rows(study, names)
+        table = report.write_pareto(rows, out / "pareto.csv")
+        artifacts.append(out / "pareto.csv")
+        progress.message(f"Pareto front of study {settings.study_name} ({len(rows)} trial(s)):\n{table}")
+        best = next(t for t in study.best_trials if t.number == rows[0]["trial"])
+        metrics["pareto_size"] = len(rows)
+        for name, value in zip(names, best.values):
+            metrics[f"best/{name}"] = value
+        summary = " ".join(f"{n}={v:.4g}" for n, v in zip(names, best.values))
+    params.update({f"best.{k}": v for k, v in best.params.items()})
+    params["best.trial"] = best.number
+    header = [f"best trial {best.number} of study {settings.study_name} ({summary}), "
+              f"from {settings.recipe_path or 'a recipe dict'}",
+              "run it as is: lightning-wd fit --config best.yaml"]
+    if settings.overrides:
+        header.append(f"the study's trials also had: {' '.join(settings.overrides)}")
+    best_path = report.write_best(out / "best.yaml", best_recipe(settings.recipe, settings.space, best.params), header)
+    artifacts.append(best_path)
+    artifacts += report.plot_study(study, out, names, settings.space.names)
+    with contextlib.suppress(Exception):
+        study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+        artifacts.append(out / "trials.csv")
+    progress.message(f"best trial {best.number}: {report.format_params(best.params)} {summary} -> {best_path}")
+    return metrics, params, artifacts
+
+
+def tune(
+    config: str | Path | Mapping,
+    n_trials: int | None = None,
+    *,
+    timeout: float | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    sampler: str | Any = None,
+    pruner: str | Any = None,
+    objectives: str | Sequence[str] | None = None,
+    metric: str | None = None,
+    direction: str | None = None,
+    seed: int | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    workers: int | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    space: Mapping | None = None,
+    progress: bool = True,
+    _parent_run_id: str | None = None,
+    _worker_index: int = 0,
+) -> Any:
+    """Run or resume the Optuna study over the weight decay of a recipe; returns the ``optuna.Study``.
+
+    Every trial is an ordinary fit of the recipe through the project's LightningCLI, with the sampled decay
+    set on its WeightDecay callback, logged to an MLflow child run of the study's parent run. Arguments left
+    None come from the recipe's ``tune:`` section, else the defaults.
+
+    Args:
+        config: the recipe (a YAML path or a dict).
+        n_trials: the study's target number of finished (COMPLETE + PRUNED) trials; a resumed study runs
+            only the missing ones.
+        timeout: no trial starts after this many seconds.
+        study_name: default: the recipe's file name (plus the objectives when several).
+        storage: Optuna storage URL (default ``sqlite:///mlruns/optuna.db``; ``postgresql+psycopg2://...``
+            for several workers; ``journal:PATH``).
+        tracking_uri: MLflow tracking URI (default: the recipe's ``tracking_uri``, ``MLFLOW_TRACKING_URI``,
+            ``sqlite:///mlruns/mlflow.db``).
+        experiment: MLflow experiment (default: the recipe's ``experiment``, else ``lightning_wd``).
+        sampler: ``tpe`` (default), ``random``, ``grid``, ``nsga2`` (default with two objectives), or a sampler.
+        pruner: ``median`` (default), ``hyperband``, ``none`` (default with two objectives), or a pruner.
+        objectives: ``accuracy`` (the metric, default) and/or ``sparsity`` (minimise ``wd/nonzero_fraction``).
+        metric: the monitored metric (default ``val/acc``).
+        direction: ``maximize`` or ``minimize`` (default: minimize for a metric named like a loss or error).
+        seed: sampler seed (worker ``i`` uses ``seed + i``), and ``seed_everything`` of recipes without one.
+        overrides: LightningCLI arguments given to every trial after the recipe, e.g. ``["--trainer.max_epochs", "3"]``.
+        out: folder of ``best.yaml``, plots and tables (default ``<storage folder>/studies/<study>``).
+        workers: with N > 1, start N worker processes on this machine that run trials together (this process
+            only supervises them and writes the results); needs a non-SQLite storage.
+        heartbeat_interval: seconds between heartbeats of a running trial (RDB storages; default 60).
+        grace_period: seconds without heartbeat after which a trial is failed and retried once (default 180).
+        space: the search space (default: the recipe's ``tune.space``).
+        progress: show the study's progress bar.
+
+    Returns:
+        The study.
+
+    Raises:
+        TuneError: invalid arguments, recipe, space, or storage (``lightning-wd tune`` exits 2).
+        KeyboardInterrupt: Ctrl-C; finished trials are kept, the interrupted trial is FAIL, every MLflow run
+            of this invocation is ended (KILLED).
+    """
+    import optuna
+
+    from lightning_wd.apps.tuning.objective import NonFiniteTrial, Objective
+    from lightning_wd.apps.tuning.record import StudyRecord
+
+    call = {k: v for k, v in locals().items() if k not in ("optuna", "NonFiniteTrial", "Objective", "StudyRecord")}
+    settings = resolve_settings(
+        config, n_trials=n_trials, timeout=timeout, study_name=study_name, storage=storage,
+        tracking_uri=tracking_uri, experiment=experiment, sampler=sampler, pruner=pruner, objectives=objectives,
+        metric=metric, direction=direction, seed=seed, overrides=overrides, out=out, workers=workers,
+        heartbeat_interval=heartbeat_interval, grace_period=grace_period, space=space,
+    )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one summary line per trial instead
+    # MLFlowLogger calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI: undo it when done
+    tracking_env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        grid = settings.sampler == "grid"
+        objective = Objective(settings.recipe, settings.space, settings.overrides, settings.metric,
+                              settings.objectives, None, grid=grid, seed=settings.seed, worker=_worker_index)
+        if _worker_index == 0:
+            objective.check()  # recipe and overrides: fail before any study or run is created
+        record = objective.record = StudyRecord(settings.tracking_uri, settings.experiment, settings.study_name,
+                                                _parent_run_id)
+        the_storage = storage_mod.open_storage(settings.storage, settings.heartbeat_interval,
+                                               settings.grace_period, record.uri)
+        study = optuna.create_study(
+            study_name=settings.study_name, storage=the_storage, sampler=make_sampler(settings, _worker_index),
+            pruner=make_pruner(settings), directions=settings.directions, load_if_exists=True,
+        )
+        wanted = [d.upper() for d in settings.directions]
+        if [d.name for d in study.directions] != wanted:
+            raise TuneError(f"study {settings.study_name!r} exists with directions "
+                            f"{[d.name.lower() for d in study.directions]}, not {settings.directions}: "
+                            "choose another --study-name")
+        if _worker_index == 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(settings.names)
+            study.set_user_attr("recipe", str(settings.recipe_path or "(dict)"))
+            study.set_user_attr("space", settings.space.describe())
+        _warn_shared_sqlite(study, settings)
+        target = _target(settings)
+        counts = storage_mod.counts(study)
+        done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        bar = _Progress(target, done, settings.study_name, progress and _worker_index == 0, settings.names)
+        objective.on_trial_start = bar.started
+        if _worker_index == 0:
+            note = f" (grid of {target} points)" if grid and target < settings.n_trials else ""
+            bar.message(f"study {settings.study_name}: {done} of {target} trials finished{note}"
+                        + (f", {counts.get('FAIL', 0)} failed" if counts.get("FAIL") else "")
+                        + f"; storage {storage_mod.redact(settings.storage)}")
+        record.start(settings.describe())
+        processes: list = []
+        try:
+            if settings.workers > 1 and _worker_index == 0:  # this process supervises, the workers run trials
+                processes = _spawn({**call, "config": config, "tracking_uri": record.uri}, settings.workers,
+                                   record.parent_run_id)
+                _supervise(study, processes, bar)
+            else:
+                _loop(study, objective, settings, target, bar, catch=(NonFiniteTrial,))
+            metrics, params, artifacts = ({}, {}, []) if _worker_index else _finish(study, settings, record, bar)
+        except KeyboardInterrupt:
+            _stop_workers(processes, interrupt=True)
+            bar.close()
+            record.finish("KILLED")
+            raise
+        except BaseException:
+            _stop_workers(processes, interrupt=True)
+            bar.close()
+            record.finish("FAILED")
+            raise
+        bar.close()
+        record.finish("FINISHED", metrics, params, artifacts)
+        return study
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        if os.environ.get("MLFLOW_TRACKING_URI") != tracking_env and "mlflow" in sys.modules:
+            sys.modules["mlflow"].set_tracking_uri(tracking_env)

@@ -1,0 +1,42 @@
+"""Decay schemes: one small module per update rule, looked up by name with :func:`get_scheme`."""
+
+from __future__ import annotations
+
+from lightning_wd.core.schemes.base import Scheme
+from lightning_wd.core.schemes.cautious import Cautious
+from lightning_wd.core.schemes.decoupled import Decoupled
+from lightning_wd.core.schemes.elastic_net import ElasticNet
+from lightning_wd.core.schemes.group_lasso import GroupLasso
+from lightning_wd.core.schemes.l1 import L1
+from lightning_wd.core.schemes.l2 import L2
+from lightning_wd.core.schemes.l2_sp import L2SP
+
+SCHEMES: dict[str, type[Scheme]] = {
+    cls.name: cls for cls in (Decoupled, L2, L1, ElasticNet, GroupLasso, L2SP, Cautious)
+}
+
+__all__ = ["SCHEMES", "Cautious", "Decoupled", "ElasticNet", "GroupLasso", "L1", "L2", "L2SP", "Scheme",
+           "get_scheme"]
+
+
+def get_scheme(scheme: str | Scheme | type[Scheme], l1_ratio: float = 0.5) -> Scheme:
+    """The scheme called ``scheme``, or ``scheme`` itself when it is a :class:`Scheme` (instance or class).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones), or invalid ``l1_ratio``.
+
+    Example:
+        >>> get_scheme("l1").name
+        'l1'
+        >>> class Halve(Scheme):
+        ...     name = "halve"
+        >>> get_scheme(Halve).name
+        'halve'
+    """
+    if isinstance(scheme, Scheme):
+        return scheme
+    if isinstance(scheme, type) and issubclass(scheme, Scheme):
+        return scheme()
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)} or a Scheme, got {scheme!r}")
+    return ElasticNet(l1_ratio) if scheme == "elastic_net" else SCHEMES[scheme]()

@@ -1,0 +1,117 @@
+"""The interface every decay scheme implements."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Scheme", "soft_threshold_"]
+
+
+class Scheme:
+    """One decay rule, applied to a list of tensors that share a learning rate and a strength.
+
+    The callback calls, around each real optimizer step (after the closure, backward and clipping):
+
+    * :meth:`before_update` -- the part the optimizer can do itself when ``native`` matches it
+      (``"decoupled"``: AdamW-style ``weight_decay``; ``"coupled"``: SGD/Adam-style L2 on the gradient);
+      skipped when the optimizer does it natively: its ``weight_decay`` is then ``native_strength`` of the
+      strength (coupled) or of the lr-coupling coefficient (decoupled, so that ``lr * weight_decay`` is the rate);
+    * the optimizer's own update;
+    * :meth:`after_update` -- proximal steps (exact zeros) and anything needing the update.
+
+    ``rate`` is the decay multiplier of this step: ``lr * strength`` under the default lr coupling.
+    ``state`` is the scheme's per-bucket dict (reference weights, snapshots, ...).
+
+    A scheme declares what the rest of the package needs to know about it, so that nothing outside
+    ``schemes/`` names a scheme (a scheme of your own is a subclass passed as ``WeightDecay(scheme=...)``):
+
+    * ``native``: the optimizer decay it equals (``"decoupled"``, ``"coupled"``) or None;
+    * ``uses_lr``: whether the learning rate enters the decay (False for coupled L2: ``lr_coupling``
+      does not apply);
+    * ``persistent_state``: keys of ``state`` (lists of tensors, one per tensor of the bucket) saved in
+      checkpoints and restored on resume;
+    * ``takes_reference``: whether a ``reference`` state dict (weights to decay toward) applies;
+    * ``makes_exact_zeros``: whether the update sets weights to exactly 0 (a sparsity objective can vary);
+    * ``search_range``: the default (low, high) log-uniform range of ``strength`` for tuning.
+    """
+
+    name: ClassVar[str]
+    native: ClassVar[str | None] = None
+    uses_lr: ClassVar[bool] = True
+    persistent_state: ClassVar[tuple[str, ...]] = ()
+    takes_reference: ClassVar[bool] = False
+    makes_exact_zeros: ClassVar[bool] = False
+    search_range: ClassVar[tuple[float, float]] = (1e-6, 1e-2)
+
+    def hparams(self) -> dict[str, float]:
+        """The scheme's own settings (beyond ``strength``), for logs and checkpoints."""
+        return {}
+
+    def extra_stats(self, params: list[Tensor], state: dict) -> dict[str, float]:
+        """Statistics of this scheme beyond the common ``wd/*`` ones, summed over buckets (e.g. dead units)."""
+        return {}
+
+    def native_strength(self, strength: float) -> float:
+        """The ``weight_decay`` an optimizer of kind :attr:`native` needs to do :meth:`before_update`."""
+        return strength
+
+    def prepare(self, params: list[Tensor], state: dict) -> None:
+        """Create per-bucket state once, at fit start."""
+
+    def before_update(self, params: list[Tensor], grads: list[Tensor], rate: float, strength: float,
+                      state: dict) -> None:
+        """Runs after the gradients are final and before the optimizer's update."""
+
+    def after_update(self, params: list[Tensor], rate: float, strength: float, state: dict) -> None:
+        """Runs after the optimizer's update."""
+
+    def penalty(self, params: list[Tensor], strength: float, state: dict) -> Tensor | None:
+        """The value of the regularisation term this scheme minimises, or None if it has none."""
+        return None
+
+
+_FUSED_MIN_NUMEL = 4096
+
+
+def soft_threshold_(params: list[Tensor], threshold: float) -> None:
+    """In place ``w <- sign(w) * max(|w| - threshold, 0)`` (exact zeros where ``|w| <= threshold``).
+
+    Large tensors use ``softshrink`` in place (one read and one write; measured 4x faster on CPU than the
+    three-pass ``w - clamp(w, -t, t)``); small ones share that three-pass form in ``torch._foreach_*``
+    calls, where per-call overhead dominates. Both are bit-identical in float32/float64 (in 16-bit dtypes
+    ``softshrink`` subtracts the threshold at float32 precision, the three-pass form a rounded threshold).
+
+    Example:
+        >>> w = [torch.tensor([-1.0, -0.2, 0.0, 0.3, 2.0])]
+        >>> soft_threshold_(w, 0.5); w[0]
+        tensor([-0.5000,  0.0000,  0.0000,  0.0000,  1.5000])
+    """
+    if threshold <= 0 or not params:
+        return
+    small = []
+    for p in params:
+        if p.numel() >= _FUSED_MIN_NUMEL:
+            torch._C._nn.softshrink(p, threshold, out=p)
+        else:
+            small.append(p)
+    if small:
+        clipped = torch._foreach_clamp_min(small, -threshold)
+        torch._foreach_clamp_max_(clipped, threshold)
+        torch._foreach_sub_(small, clipped)
+
+
+def squared_norm(params: list[Tensor]) -> Tensor:
+    """``sum ||w||^2`` over the tensors, as a 0-d tensor."""
+    if not params:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm(params, 2)).square().sum()
+
+
+def l1_norm(params: list[Tensor]) -> Tensor:
+    """``sum ||w||_1`` over the tensors, as a 0-d tensor."""
+    if not params:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm(params, 1)).sum()

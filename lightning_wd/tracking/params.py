@@ -1,0 +1,165 @@
+"""What a run records of the decay and the optimizers: params, tags and the grouping audit, as plain text.
+
+The tag names here (``lightning_wd.scheme``, ``.strength``, ``.schedule`` ...) are the contract between
+:class:`~lightning_wd.tracking.record.MLflowRecord`, which writes them, and
+:func:`~lightning_wd.tracking.queries.run_row`, which reads them back. Imports neither lightning nor MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "AUDIT_COLUMNS",
+    "PARAM_VALUE_LIMIT",
+    "TAG_PREFIX",
+    "audit_csv",
+    "audit_rows",
+    "decay_tags",
+    "flatten_params",
+    "optimizer_params",
+    "plain_values",
+]
+
+TAG_PREFIX = "lightning_wd."
+PARAM_VALUE_LIMIT = 500
+AUDIT_COLUMNS = ("name", "shape", "numel", "group", "strength", "reason")
+
+
+def plain_values(value: Any) -> Any:
+    """Plain YAML-able values: mappings, sequences, numbers, strings; anything else as its ``str``.
+
+    Example:
+        >>> from pathlib import PurePosixPath
+        >>> plain_values({"a": (1, PurePosixPath("x")), 2: None})
+        {'a': [1, 'x'], '2': None}
+    """
+    if hasattr(value, "as_dict") and callable(value.as_dict):  # jsonargparse.Namespace
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): plain_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [plain_values(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def flatten_params(params: Mapping, prefix: str) -> dict[str, str]:
+    """Nested mappings as flat MLflow params ``<prefix><key>.<key>``, each value cut to 500 characters.
+
+    Example:
+        >>> flatten_params({"scheme": "l1", "rules": {"bias": True}}, "wd.")
+        {'wd.scheme': 'l1', 'wd.rules.bias': 'True'}
+    """
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name + "."))
+        else:
+            flat[name] = str(plain_values(value))[:PARAM_VALUE_LIMIT]
+    return flat
+
+
+def optimizer_params(optimizers: Sequence) -> dict[str, str]:
+    """Params describing the optimizers: class, and per group its name, lr, decay, betas/momentum, sizes.
+
+    Example:
+        >>> import torch
+        >>> from lightning_wd import build_optimizer
+        >>> opt = build_optimizer(torch.nn.Linear(3, 2), "sgd", lr=0.1, weight_decay=0.01, momentum=0.9)
+        >>> params = optimizer_params([opt])
+        >>> params["optimizer.class"], params["optimizer.group0.name"], params["optimizer.group1.tensors"]
+        ('SGD', 'decay', '1')
+    """
+    params: dict[str, str] = {}
+    for i, optimizer in enumerate(optimizers):
+        prefix = "optimizer." if len(optimizers) == 1 else f"optimizer{i}."
+        params[prefix + "class"] = type(optimizer).__name__
+        params[prefix + "groups"] = str(len(optimizer.param_groups))
+        for j, group in enumerate(optimizer.param_groups):
+            key = f"{prefix}group{j}."
+            params[key + "name"] = str(group.get("name", j))
+            for option in ("lr", "weight_decay", "betas", "momentum"):
+                if option in group:
+                    value = group[option]
+                    value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+                    params[key + option] = str(plain_values(value))
+            params[key + "tensors"] = str(len(group["params"]))
+            params[key + "numel"] = str(sum(p.numel() for p in group["params"]))
+    return params
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def decay_tags(hparams: Mapping[str, Any], optimizers: Sequence, version: str) -> dict[str, str]:
+    """The ``lightning_wd.*`` tags of a run: scheme, strength, schedule, optimizer classes and version.
+
+    The strength is the decay callback's (``weight_decay`` or ``strength``), else the largest
+    ``weight_decay`` of the optimizers' groups; the scheme is the callback's, else ``native`` (some
+    group decays) or ``none``. A schedule is tagged only when the callback has one.
+
+    Example:
+        >>> decay_tags({"scheme": "l1", "strength": 0.001, "schedule": "cosine"}, [], "1.0")
+        {'lightning_wd.scheme': 'l1', 'lightning_wd.strength': '0.001', 'lightning_wd.optimizer': '-', \
+'lightning_wd.version': '1.0', 'lightning_wd.schedule': 'cosine'}
+        >>> decay_tags({}, [], "1.0")["lightning_wd.scheme"]
+        'none'
+    """
+    strength = hparams.get("weight_decay", hparams.get("strength"))
+    if strength is None:
+        strength = max((g.get("weight_decay", 0.0) for o in optimizers for g in o.param_groups), default=0.0)
+    scheme = hparams.get("scheme") or ("native" if strength else "none")
+    tags = {"scheme": scheme, "strength": f"{float(strength):g}" if _is_number(strength) else strength,
+            "optimizer": ",".join(type(o).__name__ for o in optimizers) or "-", "version": version}
+    if hparams.get("schedule") is not None:
+        tags["schedule"] = hparams["schedule"]
+    return {TAG_PREFIX + k: str(plain_values(v))[:PARAM_VALUE_LIMIT] for k, v in tags.items()}
+
+
+def audit_rows(plan: Any, optimizers: Sequence) -> list[dict]:
+    """Audit rows (:data:`AUDIT_COLUMNS`) from the plan, else from optimizer groups that carry ``param_names``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_wd import explain
+        >>> audit_rows(explain(torch.nn.Linear(3, 2), 0.1), [])[0]
+        {'name': 'weight', 'shape': '2x3', 'numel': 6, 'group': 'decay', 'strength': 0.1, 'reason': 'weight'}
+    """
+    if plan is not None and getattr(plan, "rows", None):
+        return [
+            {"name": r.name, "shape": "x".join(map(str, r.shape)) or "scalar", "numel": r.numel,
+             "group": r.group or "", "strength": r.strength, "reason": r.reason}
+            for r in plan.rows
+        ]
+    rows = []
+    for optimizer in optimizers:
+        for j, group in enumerate(optimizer.param_groups):
+            for name, param in zip(group.get("param_names") or [], group["params"]):
+                rows.append({"name": name, "shape": "x".join(map(str, param.shape)) or "scalar",
+                             "numel": param.numel(), "group": str(group.get("name", j)),
+                             "strength": group.get("weight_decay", 0.0), "reason": ""})
+    return rows
+
+
+def audit_csv(rows: Sequence[Mapping]) -> str:
+    """Audit rows as CSV text with a header line.
+
+    Example:
+        >>> print(audit_csv([{"name": "w", "shape": "2", "numel": 2, "group": "decay", "strength": 0.1,
+        ...                   "reason": "weight"}]))
+        name,shape,numel,group,strength,reason
+        w,2,2,decay,0.1,weight
+        <BLANKLINE>
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(AUDIT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
