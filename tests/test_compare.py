@@ -1,4 +1,9 @@
-"""``lightning-wd compare``: rows from MLflow runs, sorting, formats, and command-line errors."""
+"""``lightning-wd compare``: rows from MLflow runs, sorting, formats, and command-line errors.
+
+The contract test fits a real ``WeightDecay`` recorded by ``MLflowRecord`` and reads the run back as a
+row; the other tests use a store written by hand, for the cases a fit cannot produce cheaply (failed and
+running runs, params without tags).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,70 @@ import time
 
 import pytest
 from fixtures_mlflow import free_port
+from lit_net import Net, make_loader, make_trainer
+from torch.nn import functional as F
 
-from lightning_wd.apps.compare import ExperimentNotFound, compare_runs, format_table, main
+from lightning_wd import WeightDecay
+from lightning_wd.apps.compare import format_table, main
+from lightning_wd.tracking import MLflowRecord, mlflow_logger
+from lightning_wd.tracking.queries import ExperimentNotFound, compare_runs
 from lightning_wd.tracking.uris import TrackingUnavailable
+
+
+class Classifier(Net):
+    """The shared tiny net, logging the metrics a compare row reads, with a validation set."""
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step)
+        self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), on_step=on_step, on_epoch=not on_step)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+
+def test_contract_a_recorded_fit_becomes_its_compare_row(tmp_path, mlflow_sqlite, capsys):
+    """WeightDecay + MLflowRecord + mlflow_logger write what compare_runs reads, value for value."""
+    decay = WeightDecay(scheme="l1", strength=0.5, schedule="cosine", print_audit=False)
+    logger = mlflow_logger("contract", tracking_uri=mlflow_sqlite, run_name="l1-cosine")
+    trainer = make_trainer([decay, MLflowRecord(plots=False)], logger=logger, max_epochs=2, log_every_n_steps=1,
+                           default_root_dir=tmp_path)
+    model = Classifier()
+    trainer.fit(model, make_loader(), make_loader(seed=2))
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    decayed = [model.body[0].weight, model.head.weight]  # what the default rules decay
+    nonzero = sum(int((w != 0).sum()) for w in decayed) / sum(w.numel() for w in decayed)
+
+    rows = compare_runs("contract", tracking_uri=mlflow_sqlite)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["run"] == "l1-cosine" and row["run_id"] == logger.run_id and row["status"] == "FINISHED"
+    assert (row["scheme"], row["strength"], row["schedule"]) == ("l1", 0.5, "cosine")
+    for key, metric in [("train_acc", "train/acc"), ("val_acc", "val/acc"), ("train_loss", "train/loss"),
+                        ("val_loss", "val/loss")]:
+        assert row[key] == pytest.approx(logged[metric], rel=1e-6), key
+    assert row["nonzero_fraction"] == pytest.approx(nonzero, rel=1e-9)  # of the final weights
+    assert row["nonzero_fraction"] == pytest.approx(decay.history[-1]["metrics"]["wd/nonzero_fraction"])
+    assert 0.0 < row["nonzero_fraction"] < 1.0  # L1 made exact zeros, and kept some weights
+    assert row["duration_s"] is not None and row["duration_s"] > 0
+
+    assert main(["--experiment", "contract", "--tracking-uri", mlflow_sqlite, "--format", "csv"]) == 0
+    (printed,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert (printed["run"], printed["scheme"], printed["strength"], printed["schedule"]) == (
+        "l1-cosine", "l1", "0.5", "cosine")
+    assert float(printed["val_acc"]) == pytest.approx(logged["val/acc"], rel=1e-5)
 
 
 @pytest.fixture
 def store(mlflow_sqlite) -> str:
-    """A store with experiment ``sweep``: three finished or failed runs and one still running."""
+    """A store written by hand, experiment ``sweep``: three finished or failed runs and one still running."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 

@@ -28,6 +28,7 @@ from lightning_wd.tracking import (
     MLflowRecord,
     TrackingUnavailable,
     check_tracking_uri,
+    compare_runs,
     find_decay_callback,
     log_config,
     mlflow_logger,
@@ -144,6 +145,27 @@ def test_import_lightning_wd_does_not_import_mlflow():
     code = "import sys, lightning_wd, lightning_wd.apps.compare; assert 'mlflow' not in sys.modules, 'mlflow'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_store_modules_and_queries_load_neither_lightning_nor_mlflow():
+    code = ("import sys, lightning_wd.tracking.uris, lightning_wd.tracking.queries, lightning_wd.apps.compare; "
+            "loaded = [m for m in ('lightning', 'mlflow') if m in sys.modules]; assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_public_names_load_from_their_modules():
+    import importlib
+
+    import lightning_wd.tracking as tracking
+
+    for name in tracking.__all__:
+        value = getattr(tracking, name)
+        home = tracking._LAZY.get(name, "uris")
+        assert getattr(importlib.import_module(f"lightning_wd.tracking.{home}"), name) is value, name
+    assert set(tracking._LAZY) <= set(tracking.__all__) <= set(dir(tracking))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tracking.nope  # noqa: B018
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path, mlflow_sqlite):
@@ -360,7 +382,7 @@ def test_fit_over_http_and_compare(tmp_path, mlflow_server, capsys):
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == logger.run_id
     child.finalize("success")
 
-    rows = compare.compare_runs("http", tracking_uri=mlflow_server)
+    rows = compare_runs("http", tracking_uri=mlflow_server)
     top = rows[0]
     assert top["run"] == "over-http" and top["scheme"] == "decoupled" and top["strength"] == 0.1
     assert top["status"] == "FINISHED" and top["val_acc"] is not None and top["duration_s"] > 0

@@ -3,6 +3,8 @@
 Each row holds the run's name, decay scheme, strength and schedule (the ``lightning_wd.*`` tags that
 :class:`~lightning_wd.tracking.MLflowRecord` sets, else its ``wd.*`` params), the final ``train/acc``,
 ``val/acc``, ``train/loss``, ``val/loss`` and ``wd/nonzero_fraction``, the duration and the status.
+The rows come from :func:`lightning_wd.tracking.queries.compare_runs`; this module parses the arguments,
+formats the table and prints it.
 
 Example:
     >>> rows = [{"run": "a", "val_acc": 0.91, "strength": 0.05, "status": "FINISHED"}]
@@ -20,25 +22,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_wd.apps.errors import OneLineParser, UsageError
-from lightning_wd.core.messages import one_line as _one_line
-from lightning_wd.tracking.uris import (
-    DEFAULT_EXPERIMENT,
-    TrackingUnavailable,
-    absolute_sqlite_uri,
-    check_tracking_uri,
-    resolve_tracking_uri,
-    sqlite_path,
-)
+from lightning_wd.core.messages import one_line
+from lightning_wd.tracking.queries import ExperimentNotFound, compare_runs
+from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TrackingUnavailable
 
-__all__ = ["COLUMNS", "ExperimentNotFound", "compare_runs", "format_table", "main"]
+__all__ = ["COLUMNS", "FORMATS", "format_table", "main"]
 
-METRICS = {
-    "train_acc": "train/acc",
-    "val_acc": "val/acc",
-    "train_loss": "train/loss",
-    "val_loss": "val/loss",
-    "nonzero_fraction": "wd/nonzero_fraction",
-}
 # (key, header) in display order; csv also has run_id and duration in seconds
 COLUMNS = [
     ("run", "run"),
@@ -56,105 +45,6 @@ COLUMNS = [
 ]
 MISSING = "-"
 FORMATS = ("table", "markdown", "csv")
-
-
-class ExperimentNotFound(LookupError):
-    """No experiment of that name (or id) in the tracking store."""
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v not in (None, "")), None)
-
-
-def _number(value: Any) -> float | str | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _row(run) -> dict:
-    tags, params, metrics, info = run.data.tags, run.data.params, run.data.metrics, run.info
-    duration = None
-    if info.end_time and info.start_time and info.status != "RUNNING":
-        duration = max(0.0, (info.end_time - info.start_time) / 1000)
-    row = {
-        "run": _first(info.run_name, tags.get("mlflow.runName"), info.run_id[:8]),
-        "run_id": info.run_id,
-        "scheme": _first(tags.get("lightning_wd.scheme"), params.get("wd.scheme")),
-        "strength": _number(_first(tags.get("lightning_wd.strength"), params.get("wd.weight_decay"),
-                                   params.get("wd.strength"))),
-        "schedule": _first(tags.get("lightning_wd.schedule"), params.get("wd.schedule")),
-        "duration_s": duration,
-        "status": info.status,
-    }
-    row.update({key: metrics.get(name) for key, name in METRICS.items()})
-    return row
-
-
-def _sort_key(row: Mapping) -> tuple:
-    acc = row.get("val_acc")
-    known = isinstance(acc, (int, float)) and math.isfinite(acc)
-    return (0 if known else 1, -acc if known else 0.0)
-
-
-def _resolve_experiment(client, experiment: str):
-    found = client.get_experiment_by_name(experiment)
-    if found is None and experiment.isdigit():
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = client.get_experiment(experiment)
-        except MlflowException:
-            found = None
-    if found is None or found.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
-        raise ExperimentNotFound(
-            f"no experiment {experiment!r} in the tracking store; experiments: {', '.join(names) or 'none'}"
-        )
-    return found
-
-
-def compare_runs(experiment: str | None = None, tracking_uri: str | None = None) -> list[dict]:
-    """One row per run of ``experiment``, sorted by final validation accuracy (best first).
-
-    Args:
-        experiment: experiment name (or id); default ``lightning_wd``.
-        tracking_uri: default ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``.
-
-    Returns:
-        Dicts with keys ``run, run_id, scheme, strength, schedule, train_acc, val_acc, train_loss,
-        val_loss, nonzero_fraction, duration_s, status``; ``None`` where a run lacks the value.
-        Runs without ``val/acc`` come last.
-
-    Raises:
-        TrackingUnavailable: the server cannot be reached, or there is no store at a SQLite path.
-        ExperimentNotFound: the experiment does not exist.
-
-    Example:
-        .. code-block:: python
-
-            print(format_table(compare_runs("mnist1d"), "markdown"))
-    """
-    uri = absolute_sqlite_uri(resolve_tracking_uri(tracking_uri))
-    check_tracking_uri(uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():  # reading must not create an empty store
-        raise TrackingUnavailable(f"no MLflow store at {db} (log a run first, or pass --tracking-uri)")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    found = _resolve_experiment(client, experiment or DEFAULT_EXPERIMENT)
-    runs, token = [], None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    return sorted((_row(run) for run in runs), key=_sort_key)
 
 
 def _duration(seconds: float) -> str:
@@ -236,10 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     parser = OneLineParser(prog="lightning-wd compare",
-                     description="Compare MLflow runs: scheme, strength, accuracy, non-zero fraction.")
-    parser.add_argument("--experiment", default=None, help="experiment name or id (default: lightning_wd)")
+                           description="Compare MLflow runs: scheme, strength, accuracy, non-zero fraction.")
+    parser.add_argument("--experiment", default=None, help=f"experiment name or id (default: {DEFAULT_EXPERIMENT})")
     parser.add_argument("--tracking-uri", default=None,
-                        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+                        help=f"tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
     parser.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -252,14 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows = compare_runs(args.experiment, args.tracking_uri)
     except (TrackingUnavailable, ExperimentNotFound) as error:
-        print(f"lightning-wd compare: error: {_one_line(error.args[0] if error.args else error, 500)}",
+        print(f"lightning-wd compare: error: {one_line(error.args[0] if error.args else error, 500)}",
               file=sys.stderr)
         return 2
     except Exception as error:  # MLflow refusing the URI or the store: still one line, no traceback
         if type(error).__module__.split(".")[0] != "mlflow":
             raise
         message = getattr(error, "message", None) or error
-        print(f"lightning-wd compare: error: {_one_line(message, 500)}", file=sys.stderr)
+        print(f"lightning-wd compare: error: {one_line(message, 500)}", file=sys.stderr)
         return 2
     print(format_table(rows, args.format))
     return 0

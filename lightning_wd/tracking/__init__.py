@@ -1,8 +1,22 @@
 """The tracking layer: MLflow stores, the logger, the record callback, queries and plots.
 
 Imports only :mod:`lightning_wd.core` below it; MLflow itself is imported inside the functions that use it.
-The names that need lightning load on first use, so ``lightning_wd.tracking.uris`` stays light for the
-command line.
+The URI names load with the package; every other name loads its module on first use, so
+``lightning_wd.tracking.uris`` stays light for the command line (no lightning, no MLflow).
+
+Modules, one concern each:
+
+============== ===========================================================================================
+``uris``        store URIs: default store and experiment, resolution, SQLite paths, redaction, reachability
+``logger``      ``mlflow_logger`` (the Lightning ``MLFlowLogger``), artifact location, the trainer's logger
+``params``      what a run records as text: ``wd.*``/``optimizer.*`` params, ``lightning_wd.*`` tags, audit
+``artifacts``   ``log_config``: a resolved config as a run artifact
+``checkpoints`` ``run_id_from_checkpoint``: the run a checkpoint was logged to
+``record``      ``MLflowRecord``, the callback that logs the decay, and ``find_decay_callback``
+``save_config`` ``MLflowSaveConfigCallback`` for ``LightningCLI``
+``queries``     reading back: ``history_from_mlflow``, ``compare_runs`` (one row per run)
+``plots``       PNG plots of a decay history
+============== ===========================================================================================
 """
 
 import importlib
@@ -18,17 +32,32 @@ from lightning_wd.tracking.uris import (
     sqlite_path,
 )
 
+_LAZY = {
+    "artifact_location": "logger", "mlflow_logger": "logger", "mlflow_logger_of": "logger",
+    "optimizer_params": "params",
+    "log_config": "artifacts",
+    "run_id_from_checkpoint": "checkpoints",
+    "MLflowRecord": "record", "find_decay_callback": "record",
+    "MLflowSaveConfigCallback": "save_config",
+    "ExperimentNotFound": "queries", "compare_runs": "queries", "history_from_mlflow": "queries",
+}
+
 __all__ = [
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TRACKING_URI",
+    "ExperimentNotFound",
     "MLflowRecord",
+    "MLflowSaveConfigCallback",
     "TrackingUnavailable",
     "absolute_sqlite_uri",
+    "artifact_location",
     "check_tracking_uri",
+    "compare_runs",
     "find_decay_callback",
     "history_from_mlflow",
     "log_config",
     "mlflow_logger",
+    "mlflow_logger_of",
     "optimizer_params",
     "redact",
     "resolve_tracking_uri",
@@ -37,14 +66,11 @@ __all__ = [
 ]
 
 
-_LAZY = {
-    "MLflowRecord": "record", "MLflowSaveConfigCallback": "record", "find_decay_callback": "record",
-    "history_from_mlflow": "record", "log_config": "record", "mlflow_logger": "record",
-    "optimizer_params": "record", "run_id_from_checkpoint": "record",
-}
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
