@@ -117,19 +117,24 @@ def test_adamw_retrofit_takes_over_and_equals_adamw_on_default_groups():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model, t = fit(lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01), [cb])
-    takeovers = [str(w.message) for w in caught if "takes over" in str(w.message)]
+    takeovers = [str(w.message) for w in caught if "instead of the optimizer's weight_decay" in str(w.message)]
     assert len(takeovers) == 1, takeovers
-    assert "AdamW" in takeovers[0] and "(was 0.01)" in takeovers[0] and "strength 0.1" in takeovers[0]
-    with pytest.warns(UserWarning, match=r"takes over the decay of AdamW: weight_decay set to 0 in group\(s\) 0 "
-                                         r"\(was 0\.01\)"):
-        fit(lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01), [wd()], epochs=1)
+    assert "group 0: 0.01" in takeovers[0] and "strength 0.1" in takeovers[0]
     ref, rt = fit(lambda m: torch.optim.AdamW(param_groups(m, S), lr=LR))
     assert_same_weights(model, ref)
     assert_same_state(t.optimizers[0], model, rt.optimizers[0], ref)
-    # native: the group was split into the plan's groups, in plan order, with the same tensors
+    # the user's optimizer is as it was built: one group, its own weight_decay (unused during fit)
+    groups = t.optimizers[0].param_groups
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+
+
+def test_split_groups_is_the_opt_in_native_split():
+    model, t = fit(lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=0.01), [wd(split_groups=True)])
+    ref, rt = fit(lambda m: torch.optim.AdamW(param_groups(m, S), lr=LR))
+    assert_same_weights(model, ref)
     groups = t.optimizers[0].param_groups
     assert [len(g["params"]) for g in groups] == [len(g["params"]) for g in rt.optimizers[0].param_groups]
-    assert [g["weight_decay"] for g in groups] == [S, 0.0]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.01]  # the user's value, outside the step
 
 
 def test_no_takeover_warning_when_the_optimizer_does_not_decay():
@@ -146,7 +151,7 @@ def test_sgd_momentum_plus_l2_is_native_and_equals_sgd_on_default_groups(nestero
     ref, rt = fit(lambda m: torch.optim.SGD(param_groups(m, S), **kw))
     assert_same_weights(model, ref)
     assert_same_state(t.optimizers[0], model, rt.optimizers[0], ref, keys=("momentum_buffer",))
-    assert [g["weight_decay"] for g in t.optimizers[0].param_groups] == [S, 0.0]
+    assert len(t.optimizers[0].param_groups) == 1
 
 
 def test_adam_plus_l2_is_native_coupled():
@@ -154,7 +159,7 @@ def test_adam_plus_l2_is_native_coupled():
     ref, rt = fit(lambda m: torch.optim.Adam(param_groups(m, S), lr=LR))
     assert_same_weights(model, ref)
     assert_same_state(t.optimizers[0], model, rt.optimizers[0], ref)
-    assert len(t.optimizers[0].param_groups) == 2
+    assert len(t.optimizers[0].param_groups) == 1
 
 
 def test_adamw_plus_l2_is_self_applied_and_equals_adam_with_coupled_decay():
@@ -172,12 +177,13 @@ def test_native_false_self_applies_the_same_decay():
     assert len(t.optimizers[0].param_groups) == 1
 
 
-def test_multipliers_give_their_own_native_group():
-    cb = wd(multipliers={"head.*": 0.5})
+@pytest.mark.parametrize("split", [False, True])
+def test_multipliers_scale_their_tensors(split):
+    cb = wd(multipliers={"head.*": 0.5}, split_groups=split)
     model, t = fit(lambda m: torch.optim.AdamW(m.parameters(), lr=LR), [cb])
     ref, _ = fit(lambda m: torch.optim.AdamW(param_groups(m, S, multipliers={"head.*": 0.5}), lr=LR))
     assert_same_weights(model, ref)
-    assert [g["weight_decay"] for g in t.optimizers[0].param_groups] == [S, S * 0.5, 0.0]
+    assert len(t.optimizers[0].param_groups) == (3 if split else 1)
 
 
 @pytest.mark.parametrize("user_cls", [torch.optim.AdamW, torch.optim.Adam])
@@ -224,7 +230,7 @@ def test_gradient_accumulation_decays_once_per_optimizer_step(native):
     model, t = fit(lambda m: torch.optim.AdamW(m.parameters(), lr=LR), [cb], accumulate_grad_batches=3)
     ref, rt = fit(lambda m: torch.optim.AdamW(param_groups(m, S), lr=LR), accumulate_grad_batches=3)
     assert_same_weights(model, ref)
-    assert cb._steps == [t.global_step] == [rt.global_step] == [3 * 6 // 3]
+    assert cb.steps == [t.global_step] == [rt.global_step] == [3 * 6 // 3]
 
 
 def test_clipping_then_coupled_l2_on_adamw_like_torch():
@@ -293,7 +299,7 @@ def test_manual_optimization_with_two_optimizers(user_cls):
     plain, _ = fit(lambda m: [torch.optim.Adam(m.gen.parameters(), lr=LR),
                               torch.optim.Adam(m.disc.parameters(), lr=LR)], model_cls=GAN)
     assert_same_weights(model, ref)
-    assert cb._steps == [18, 18]
+    assert cb.steps == [18, 18]
     for a, b in zip(model.gen.parameters(), plain.gen.parameters()):
         assert a.ndim == 1 or not torch.equal(a, b)
     assert not torch.equal(model.disc[2].weight, plain.disc[2].weight)
@@ -358,7 +364,7 @@ def test_frozen_tensor_not_in_the_optimizer_stays_out_of_the_plan():
 # -- (b) named user groups and LearningRateMonitor ----------------------------------------------------
 
 
-def test_named_groups_are_renamed_for_learning_rate_monitor(tmp_path):
+def test_named_groups_and_learning_rate_monitor_keys_are_kept(tmp_path):
     def make_opt(m):
         return torch.optim.AdamW([{"params": m.body.parameters(), "name": "body"},
                                   {"params": m.head.parameters(), "name": "head", "lr": LR / 2}], lr=LR)
@@ -366,11 +372,14 @@ def test_named_groups_are_renamed_for_learning_rate_monitor(tmp_path):
     logger = CSVLogger(tmp_path, name="", version="")
     model, t = fit(make_opt, [wd(), LearningRateMonitor("step")], logger=logger, log_every_n_steps=1, epochs=1)
     groups = t.optimizers[0].param_groups
-    assert [g["name"] for g in groups] == ["body/decay", "body/no_decay", "head/decay", "head/no_decay"]
-    assert [g["lr"] for g in groups] == [LR, LR, LR / 2, LR / 2]
+    assert [g["name"] for g in groups] == ["body", "head"] and [g["lr"] for g in groups] == [LR, LR / 2]
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
-    expected = {f"lr-AdamW/{part}/{kind}" for part in ("body", "head") for kind in ("decay", "no_decay")}
-    assert expected <= set(header)
+    assert {"lr-AdamW/body", "lr-AdamW/head"} <= set(header)
+    split_logger = CSVLogger(tmp_path / "split", name="", version="")
+    _, t = fit(make_opt, [wd(split_groups=True), LearningRateMonitor("step")], logger=split_logger,
+               log_every_n_steps=1, epochs=1)
+    assert [g["name"] for g in t.optimizers[0].param_groups] == [
+        "body/decay", "body/no_decay", "head/decay", "head/no_decay"]
 
 
 # -- 6. pickling, restoring optimizer.step, DDP -------------------------------------------------------
@@ -387,7 +396,7 @@ def test_pickled_callback_works_and_step_is_restored():
     model, t = fit(lambda m: torch.optim.Adam(m.parameters(), lr=LR), [cb, probe])
     ref, _ = fit(lambda m: torch.optim.AdamW(param_groups(m, S), lr=LR))
     assert_same_weights(model, ref)
-    assert "_install" in probe.during.__qualname__
+    assert "OptimizerDecay.install" in probe.during.__qualname__
     assert "step" not in t.optimizers[0].__dict__
     pickle.loads(pickle.dumps(cb))  # and after fit
 
@@ -399,8 +408,8 @@ def test_step_restored_to_the_schedulers_wrapper_and_no_scheduler_warning():
         model, t = fit(lambda m: with_scheduler(torch.optim.Adam(m.parameters(), lr=LR), "step"), [wd(), probe])
     assert not [w for w in caught if "overridden" in str(w.message) or "before `optimizer.step()`" in str(w.message)]
     step = t.optimizers[0].__dict__["step"]
-    assert getattr(step, "_wrapped_by_lr_sched", False) and "_install" not in step.__qualname__
-    assert "_install" in probe.during.__qualname__
+    assert getattr(step, "_wrapped_by_lr_sched", False) and "OptimizerDecay" not in step.__qualname__
+    assert "OptimizerDecay.install" in probe.during.__qualname__
 
 
 def test_step_restored_after_an_exception():
@@ -445,7 +454,7 @@ if __name__ == "__main__":
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, DataLoader(data, batch_size=8, shuffle=False))
     assert "step" not in trainer.optimizers[0].__dict__
-    assert cb._steps == [trainer.global_step] == [8]  # 64 samples / 2 ranks / batch 8, 2 epochs
+    assert cb.steps == [trainer.global_step] == [8]  # 64 samples / 2 ranks / batch 8, 2 epochs
     assert len(trainer.optimizers[0].param_groups) == 1 and (trainer.global_rank == 0) == bool(cb.history)
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                f"{out}/rank{trainer.global_rank}.pt")
@@ -475,7 +484,8 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     ("kwargs", "match"),
     [
         (dict(scheme="ridge"), r"`scheme` must be one of decoupled, l2, l1, elastic_net, group_lasso, l2_sp, cautious"),
-        (dict(scheme=None), r"`scheme` must be one of"),
+        (dict(scheme=5), r"`scheme` must be one of .* or a Scheme, got 5"),
+        (dict(final_strength=0.1, schedule="cosine"), r"`final_strength` needs a `strength`"),
         (dict(strength=-1.0), r"`strength` must be a finite number >= 0"),
         (dict(strength=float("nan")), r"`strength` must be a finite number >= 0"),
         (dict(strength=float("inf")), r"`strength` must be a finite number >= 0"),
@@ -493,13 +503,13 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
         (dict(scheme="l2", lr_coupling="none"), r"`lr_coupling` does not apply to scheme='l2'"),
         (dict(scheme="elastic_net", l1_ratio=1.5), r"`l1_ratio` must be a number in \[0, 1\]"),
         (dict(l1_ratio=-0.1), r"`l1_ratio` must be a number in \[0, 1\]"),
-        (dict(reference={"w": torch.zeros(1)}), r"`reference` only applies to scheme='l2_sp'"),
+        (dict(reference={"w": torch.zeros(1)}), r"`reference` does not apply to scheme='decoupled'"),
         (dict(log_every_n_steps=0), r"`log_every_n_steps` must be an integer >= 1 or None"),
         (dict(log_every_n_steps=True), r"`log_every_n_steps` must be an integer >= 1 or None"),
         (dict(zero_tolerance=-1e-3), r"`zero_tolerance` must be a finite number >= 0"),
         (dict(multipliers={"head.*": -1.0}), r"`multipliers\['head.\*'\]` must be a finite number >= 0"),
         (dict(multipliers={"head.*": float("nan")}), r"`multipliers\['head.\*'\]` must be a finite number >= 0"),
-        (dict(multipliers={"": 0.5}), r"`multipliers` keys must be non-empty glob strings"),
+        (dict(multipliers={"": 0.5}), r"`multipliers` must hold non-empty glob strings"),
         (dict(multipliers=["head.*"]), r"`multipliers` must be a dict"),
         (dict(exclude=[""]), r"`exclude` must hold non-empty glob strings"),
         (dict(per_layer_stats="yes"), r"`per_layer_stats` must be True or False"),

@@ -308,7 +308,7 @@ def test_the_config_round_trips_through_its_yaml_dump():
     dumped = parser.dump(parser.parse_string(YAML))
     assert "class_path: lightning_wd.GroupedOptimizer" in dumped
     factory = parser.instantiate(parser.parse_string(dumped)).model.optimizer
-    assert (factory.optimizer, factory.lr, factory.weight_decay, factory.exclude) == ("sgd", 0.1, 0.01, ["3.*"])
+    assert (factory.optimizer, factory.lr, factory.weight_decay, factory.rules.exclude) == ("sgd", 0.1, 0.01, ("3.*",))
     assert factory.options == {"momentum": 0.9}
 
 

@@ -90,11 +90,10 @@ def test_resume_is_bit_identical(scheme, tmp_path):
     straight_cb = callback(scheme)
     straight, _ = run(make_opt, [straight_cb])
 
-    assert resumed_trainer.global_step == 24 and resumed_cb._steps == straight_cb._steps == [24]
+    assert resumed_trainer.global_step == 24 and resumed_cb.steps == straight_cb.steps == [24]
     for (name, p), q in zip(resumed.named_parameters(), straight.parameters()):
         assert torch.equal(p, q), name
-    native = scheme in ("decoupled", "l2", "elastic_net")
-    assert len(resumed_trainer.optimizers[0].param_groups) == (2 if native else 1)
+    assert len(resumed_trainer.optimizers[0].param_groups) == 1  # the user's groups, never split
     assert not torch.equal(straight.body[0].weight, undecayed(make_opt).body[0].weight)  # the decay did act
 
 
@@ -107,13 +106,13 @@ def test_l2_sp_reference_survives_the_checkpoint(tmp_path):
     start = Net(adamw)
     run(adamw, [callback("l2_sp"), StopAfter(1)], ckpt_dir=tmp_path)
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]["WeightDecay"]
-    assert set(state["reference"]) == {"body.0.weight", "head.weight"}
-    assert torch.equal(state["reference"]["body.0.weight"], start.body[0].weight.detach())
-    assert torch.equal(state["reference"]["head.weight"], start.head.weight.detach())
+    assert set(state["persistent"]["reference"]) == {"body.0.weight", "head.weight"}
+    assert torch.equal(state["persistent"]["reference"]["body.0.weight"], start.body[0].weight.detach())
+    assert torch.equal(state["persistent"]["reference"]["head.weight"], start.head.weight.detach())
 
     cb = callback("l2_sp")
     model, _ = run(adamw, [cb], ckpt_path=tmp_path / "last.ckpt")
-    bucket = next(b for b in cb._iter_buckets() if "head.weight" in b.names)
+    bucket = next(b for d in cb.decays for b in d.buckets if "head.weight" in b.names)
     reference = bucket.state["reference"][bucket.names.index("head.weight")]
     assert torch.equal(reference, start.head.weight.detach())  # the start of training, not of the resumed fit
     assert not torch.equal(model.head.weight, start.head.weight)
@@ -125,8 +124,13 @@ def test_resume_with_a_changed_grouping_is_refused(tmp_path):
 
     run(plain_adamw, [WeightDecay(strength=0.1, print_audit=False), StopAfter(1)], ckpt_dir=tmp_path)
     changed = WeightDecay(strength=0.1, exclude=["head.weight"], print_audit=False)
-    with pytest.raises(RuntimeError, match=r"parameter -> optimizer-group mapping differs from the checkpoint"):
+    with pytest.raises(ValueError, match=r"^WeightDecay: the checkpoint was trained with other decay rules: "
+                                         r"head\.weight: decayed x1 \(weight\) in the checkpoint, not decayed now "
+                                         r"\(user exclude 'head\.weight'\)[^\n]*$"):
         run(plain_adamw, [changed], ckpt_path=tmp_path / "last.ckpt")
+    split = WeightDecay(strength=0.1, exclude=["head.weight"], print_audit=False, split_groups=True)
+    with pytest.raises(ValueError, match="other decay rules: head.weight"):
+        run(plain_adamw, [split], ckpt_path=tmp_path / "last.ckpt")
     # the same rules resume fine
     run(plain_adamw, [WeightDecay(strength=0.1, print_audit=False)], ckpt_path=tmp_path / "last.ckpt")
 
@@ -140,7 +144,7 @@ def test_resume_from_a_checkpoint_saved_without_the_callback(tmp_path):
     model, trainer = run(plain_adamw, [cb], ckpt_path=tmp_path / "last.ckpt")
     # the checkpoint's optimizer state has the user's one group: it is kept, and the decay self-applied
     assert len(trainer.optimizers[0].param_groups) == 1
-    assert cb._steps == [12]  # the steps of this fit only: the checkpoint had no counter
+    assert cb.steps == [12]  # the steps of this fit only: the checkpoint had no counter
     assert trainer.global_step == 24
 
 
@@ -160,7 +164,7 @@ def test_a_checkpoint_loaded_for_validation_does_not_leak_into_a_later_fit(tmp_p
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, callbacks=[cb], max_epochs=1)
     trainer.fit(Net(plain_adamw), loader())
-    assert cb._steps == [6]  # counted from 0, not from the validated checkpoint's 12
+    assert cb.steps == [6]  # counted from 0, not from the validated checkpoint's 12
 
 
 def test_state_loaded_after_fit_start_is_checked_at_once():
@@ -173,9 +177,11 @@ def test_state_loaded_after_fit_start_is_checked_at_once():
         def on_train_start(self, trainer, pl_module):
             state = self.cb.state_dict()
             self.cb.load_state_dict({**state, "steps": [5]})  # a matching layout: the counter is taken over
-            assert self.cb._steps == [5]
-            self.cb.load_state_dict({**state, "fingerprint": "0123456789abcdef"})
+            assert self.cb.steps == [5]
+            decisions = {**state["decisions"], "decisions": {**state["decisions"]["decisions"],
+                                                             "head.weight": [0.0, "user exclude 'head.*'"]}}
+            self.cb.load_state_dict({**state, "decisions": decisions})
 
     cb = WeightDecay(strength=0.1, print_audit=False)
-    with pytest.raises(RuntimeError, match="mapping differs"):
+    with pytest.raises(ValueError, match="other decay rules: head.weight"):
         run(adamw, [cb, LateLoad(cb)])

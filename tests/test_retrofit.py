@@ -91,7 +91,7 @@ def test_every_torch_scheduler_keeps_its_trajectory_and_matches_the_reference(na
     user, scheme, reference = user_and_reference(name)
     schedule = SCHEDULERS[name]
     plain, _, seen_plain = fit(lambda m: schedule(user(m)))
-    cb = WeightDecay(scheme=scheme, strength=WD, print_audit=False)
+    cb = WeightDecay(scheme=scheme, strength=WD, print_audit=False, split_groups=True)
     model, trainer, seen = fit(lambda m: schedule(user(m)), [cb])
     ref, _, seen_ref = fit(lambda m: schedule(reference(m)))
 
@@ -113,7 +113,7 @@ def test_custom_scheduler_forces_self_applied_decay(caplog):
         return cfg(HalvingLR(o, step_size=4, gamma=0.5))
 
     plain, _, seen_plain = fit(lambda m: schedule(torch.optim.AdamW(m.parameters(), lr=LR)))
-    cb = WeightDecay(strength=WD, print_audit=False)
+    cb = WeightDecay(strength=WD, print_audit=False, split_groups=True)
     with caplog.at_level("INFO"):
         model, trainer, seen = fit(lambda m: schedule(torch.optim.AdamW(m.parameters(), lr=LR)), [cb])
     ref, _, _ = fit(lambda m: schedule(torch.optim.AdamW(param_groups(m, WD), lr=LR)))
@@ -152,7 +152,8 @@ def test_several_user_groups_keep_their_lr_through_the_split(name):
         return torch.optim.AdamW(body + [{**g, "lr": LR / 4} for g in head], lr=LR)
 
     plain, _, seen_plain = fit(lambda m: user_schedule(user(m)))
-    model, trainer, seen = fit(lambda m: user_schedule(user(m)), [WeightDecay(strength=WD, print_audit=False)])
+    split = WeightDecay(strength=WD, print_audit=False, split_groups=True)
+    model, trainer, seen = fit(lambda m: user_schedule(user(m)), [split])
     ref, _, seen_ref = fit(lambda m: reference_schedule(reference(m)))
     assert len(trainer.optimizers[0].param_groups) == 4
     assert seen.lrs == seen_plain.lrs == seen_ref.lrs

@@ -271,7 +271,7 @@ def test_geometric_decay_table4(optimizer):
     trainer.fit(model, data)
     assert model.trace == pytest.approx([0.875, 0.7, 0.56, 0.448, 0.3584], rel=1e-14, abs=0)
     assert [round(w, 2) for w in model.trace[1:]] == [0.7, 0.56, 0.45, 0.36]  # as the article prints them
-    bucket = callback._buckets[0][0]
+    bucket = callback.decays[0].buckets[0]
     assert bucket.native == (optimizer == "adamw")  # AdamW decays natively, SGD/Adam get the self-applied pass
 
 

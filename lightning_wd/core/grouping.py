@@ -24,7 +24,6 @@ the owning module when prefixed with ``type:`` (``"type:Embedding"``, ``"type:*N
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -35,11 +34,10 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from lightning_wd.core.audit import DECAY, NO_DECAY, AuditRow, GroupPlan
+from lightning_wd.core.rules import GroupingRules
+from lightning_wd.core.validation import check_strength
 
-__all__ = [
-    "AuditRow", "GroupPlan", "check_strength", "explain", "fingerprint", "is_norm_module", "param_groups",
-    "plan_groups",
-]
+__all__ = ["AuditRow", "GroupPlan", "explain", "fingerprint", "is_norm_module", "param_groups", "plan_groups"]
 
 TYPE_PREFIX = "type:"
 
@@ -62,25 +60,6 @@ def is_norm_module(module: nn.Module) -> bool:
         (True, False)
     """
     return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
-
-
-def _as_patterns(value: str | Iterable[str] | None, argument: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    patterns = (value,) if isinstance(value, str) else tuple(value)
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern:
-            raise TypeError(f"`{argument}` must hold non-empty glob strings, got {pattern!r}")
-    return patterns
-
-
-def check_strength(value: float, argument: str = "weight_decay") -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` naming ``argument`` if it is not finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{argument}` must be a non-negative float, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{argument}` must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _matches(pattern: str, names: Iterable[str], types: Iterable[str]) -> bool:
@@ -115,30 +94,25 @@ def _declared_no_decay(model: nn.Module) -> tuple[list[tuple[str, str]], list[tu
 def plan_groups(
     model: nn.Module,
     weight_decay: float,
-    *,
-    exclude: str | Iterable[str] | None = None,
-    include: str | Iterable[str] | None = None,
-    multipliers: Mapping[str, float] | None = None,
-    exclude_bias: bool = True,
-    exclude_1d: bool = True,
-    exclude_norm: bool = True,
-    exclude_embeddings: bool = False,
-    use_model_no_weight_decay: bool = True,
+    rules: GroupingRules | Mapping | None = None,
+    **rule_kwargs,
 ) -> GroupPlan:
     """Decide which parameters of ``model`` decay; return the groups and the audit together.
 
     Args:
         model: any ``nn.Module``.
         weight_decay: strength for the decayed group (finite, >= 0).
-        exclude: globs of parameters (or ``type:`` globs of module classes) that must not decay.
-        include: globs that decay even where a default rule would exclude them.
-        multipliers: ``{glob: factor}``; matching decayed tensors go to a group with ``weight_decay * factor``.
-        exclude_bias, exclude_1d, exclude_norm, exclude_embeddings, use_model_no_weight_decay:
-            switch the default rules (see the module docstring for the order of precedence).
+        rules: a :class:`~lightning_wd.core.rules.GroupingRules`, or give the rules as keywords:
+            ``exclude`` (globs of parameters, or ``type:`` globs of module classes, that must not decay),
+            ``include`` (globs that decay even where a default rule would exclude them), ``multipliers``
+            (``{glob: factor}``; matching decayed tensors go to a group with ``weight_decay * factor``),
+            ``exclude_bias``, ``exclude_1d``, ``exclude_norm``, ``exclude_embeddings``,
+            ``use_model_no_weight_decay`` (the default rules' switches; see the module docstring for the
+            order of precedence).
 
     Raises:
         ValueError: ``weight_decay`` or a multiplier is negative, NaN or infinite.
-        TypeError: a pattern is not a non-empty string.
+        TypeError: ``model`` is not an ``nn.Module``, a pattern is not a non-empty string, or a rule is unknown.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
@@ -147,13 +121,13 @@ def plan_groups(
         [('decay', ['0.weight'], 0.1), ('decay[2.*]', ['2.weight'], 0.05), \
 ('no_decay', ['0.bias', '1.weight', '1.bias', '2.bias'], 0.0)]
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     weight_decay = check_strength(weight_decay)
-    exclude_patterns = _as_patterns(exclude, "exclude")
-    include_patterns = _as_patterns(include, "include")
-    multipliers = dict(multipliers or {})
-    for pattern, factor in multipliers.items():
-        _as_patterns([pattern], "multipliers")
-        check_strength(factor, f"multipliers[{pattern!r}]")
+    rules = GroupingRules.of(rules, **rule_kwargs)
+    exclude_patterns, include_patterns, multipliers = rules.exclude, rules.include, dict(rules.multipliers)
+    exclude_norm, exclude_embeddings = rules.exclude_norm, rules.exclude_embeddings
+    exclude_bias, exclude_1d = rules.exclude_bias, rules.exclude_1d
 
     owners: dict[str, nn.Module] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
@@ -163,7 +137,7 @@ def plan_groups(
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
 
-    globs, keywords = _declared_no_decay(model) if use_model_no_weight_decay else ([], [])
+    globs, keywords = _declared_no_decay(model) if rules.use_model_no_weight_decay else ([], [])
     used: set[str] = set()
     shadowed: set[str] = set()  # multiplier patterns that matched, but after an earlier one
     undecayed: set[str] = set()  # multiplier patterns that matched tensors that do not decay
@@ -238,6 +212,11 @@ def plan_groups(
             message = f"weight-decay pattern {pattern!r} matched no trainable parameter"
         warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
 
+    by_user = sorted({r.reason.removeprefix("user exclude ") for r in rows if r.reason.startswith("user exclude")})
+    if weight_decay > 0 and by_user and not any(r.decayed for r in rows):
+        warnings.warn(f"weight-decay rule exclude=[{', '.join(by_user)}] leaves no tensor to decay although the "
+                      f"strength is {weight_decay:g}", UserWarning, stacklevel=_user_stacklevel())
+
     order = [DECAY, *(f"{DECAY}[{p}]" for p in multipliers), NO_DECAY]
     strengths = {row.group: row.strength for row in rows if row.group is not None}
     groups = [
@@ -254,7 +233,7 @@ def plan_groups(
     return GroupPlan(groups=groups, rows=rows, weight_decay=weight_decay, group_of=group_of)
 
 
-def param_groups(model: nn.Module, weight_decay: float, **rules) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, rules: GroupingRules | None = None, **kwargs) -> list[dict]:
     """Torch param-group dicts for ``model``: each has ``name``, ``params``, ``param_names``, ``weight_decay``.
 
     Takes the same arguments as :func:`plan_groups` (which also returns the audit).
@@ -266,10 +245,10 @@ def param_groups(model: nn.Module, weight_decay: float, **rules) -> list[dict]:
         >>> import torch
         >>> opt = torch.optim.AdamW(groups, lr=1e-3)
     """
-    return plan_groups(model, weight_decay, **rules).groups
+    return plan_groups(model, weight_decay, rules, **kwargs).groups
 
 
-def explain(model: nn.Module, weight_decay: float = 1.0, **rules) -> GroupPlan:
+def explain(model: nn.Module, weight_decay: float = 1.0, rules: GroupingRules | None = None, **kwargs) -> GroupPlan:
     """The grouping of ``model`` with one :class:`AuditRow` per parameter; ``print()`` it for a table.
 
     Example:
@@ -278,7 +257,7 @@ def explain(model: nn.Module, weight_decay: float = 1.0, **rules) -> GroupPlan:
         [('0.weight', 'decay', 'weight'), ('0.bias', 'no_decay', 'bias'), \
 ('1.weight', 'no_decay', 'norm layer BatchNorm1d'), ('1.bias', 'no_decay', 'norm layer BatchNorm1d')]
     """
-    return plan_groups(model, weight_decay, **rules)
+    return plan_groups(model, weight_decay, rules, **kwargs)
 
 
 def fingerprint(groups: Iterable[Mapping]) -> str:

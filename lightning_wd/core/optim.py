@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from lightning_wd.core.grouping import plan_groups
+from lightning_wd.core.rules import RULE_NAMES, GroupingRules
+from lightning_wd.core.validation import check_strength
 
 __all__ = ["OPTIMIZERS", "GroupedOptimizer", "build_optimizer", "resolve_optimizer"]
 
@@ -85,14 +86,7 @@ def build_optimizer(
     *,
     lr: float,
     weight_decay: float = 0.0,
-    exclude: str | Iterable[str] | None = None,
-    include: str | Iterable[str] | None = None,
-    multipliers: Mapping[str, float] | None = None,
-    exclude_bias: bool = True,
-    exclude_1d: bool = True,
-    exclude_norm: bool = True,
-    exclude_embeddings: bool = False,
-    use_model_no_weight_decay: bool = True,
+    rules: GroupingRules | None = None,
     **kwargs,
 ) -> torch.optim.Optimizer:
     """An optimizer over ``model`` whose groups decay exactly the tensors the rules select.
@@ -112,8 +106,10 @@ def build_optimizer(
             ``torch.optim`` class name, an import path, or an Optimizer class.
         lr: learning rate.
         weight_decay: strength for decayed tensors.
-        exclude, include, multipliers, exclude_*, use_model_no_weight_decay: grouping rules.
-        **kwargs: passed to the optimizer (``momentum``, ``betas``, ...).
+        rules: a :class:`~lightning_wd.core.rules.GroupingRules`; or give the rules among ``kwargs``
+            (``exclude``, ``include``, ``multipliers``, ``exclude_bias``, ``exclude_1d``, ``exclude_norm``,
+            ``exclude_embeddings``, ``use_model_no_weight_decay``).
+        **kwargs: grouping rules, and the rest passed to the optimizer (``momentum``, ``betas``, ...).
 
     Raises:
         ValueError: unknown ``optimizer``, or an invalid ``weight_decay``.
@@ -125,11 +121,8 @@ def build_optimizer(
         [('decay', 1, 0.0001, 0.9), ('no_decay', 3, 0.0, 0.9)]
     """
     cls = resolve_optimizer(optimizer)
-    plan = plan_groups(
-        model, weight_decay, exclude=exclude, include=include, multipliers=multipliers,
-        exclude_bias=exclude_bias, exclude_1d=exclude_1d, exclude_norm=exclude_norm,
-        exclude_embeddings=exclude_embeddings, use_model_no_weight_decay=use_model_no_weight_decay,
-    )
+    rule_kwargs = {k: kwargs.pop(k) for k in RULE_NAMES if k in kwargs}
+    plan = plan_groups(model, weight_decay, GroupingRules.of(rules, **rule_kwargs))
     groups = plan.groups
     accepted = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
@@ -171,24 +164,30 @@ class GroupedOptimizer:
         exclude: list[str] | None = None,
         include: list[str] | None = None,
         multipliers: dict[str, float] | None = None,
+        exclude_bias: bool = True,
+        exclude_1d: bool = True,
+        exclude_norm: bool = True,
         exclude_embeddings: bool = False,
+        use_model_no_weight_decay: bool = True,
         options: dict | None = None,
     ) -> None:
         resolve_optimizer(optimizer)
-        from lightning_wd.core.grouping import check_strength
-
         check_strength(weight_decay)
         check_strength(lr, "lr")
         self.optimizer, self.lr, self.weight_decay = optimizer, lr, weight_decay
-        self.exclude, self.include, self.multipliers = exclude, include, multipliers
-        self.exclude_embeddings, self.options = exclude_embeddings, dict(options or {})
+        self.rules = GroupingRules(
+            exclude=exclude, include=include, multipliers=multipliers, exclude_bias=exclude_bias,
+            exclude_1d=exclude_1d, exclude_norm=exclude_norm, exclude_embeddings=exclude_embeddings,
+            use_model_no_weight_decay=use_model_no_weight_decay,
+        )
+        self.options = dict(options or {})
+        clash = sorted(set(self.options) & {"lr", "weight_decay", *RULE_NAMES})
+        if clash:
+            raise ValueError(f"`options` must not repeat {clash}: give them as GroupedOptimizer arguments")
 
     def __call__(self, model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(
-            model, self.optimizer, lr=self.lr, weight_decay=self.weight_decay, exclude=self.exclude,
-            include=self.include, multipliers=self.multipliers, exclude_embeddings=self.exclude_embeddings,
-            **self.options,
-        )
+        return build_optimizer(model, self.optimizer, lr=self.lr, weight_decay=self.weight_decay, rules=self.rules,
+                               **self.options)
 
     def __repr__(self) -> str:
         return f"GroupedOptimizer({self.optimizer!r}, lr={self.lr}, weight_decay={self.weight_decay})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["nonzero_counts", "weight_stats"]
+__all__ = ["decay_stats", "effective_weights", "nonzero_counts", "weight_stats"]
 
 
 def _norms(params: list[Tensor]) -> list[Tensor]:
@@ -78,4 +78,55 @@ def weight_stats(
         for name, count, norm, numel in zip(names, values[:n], values[n:], numels):
             stats[f"{prefix}/nonzero_fraction/{name}"] = count / numel if numel else 1.0
             stats[f"{prefix}/weight_norm/{name}"] = norm
+    return stats
+
+
+def effective_weights(model: torch.nn.Module | None) -> dict[int, Tensor]:
+    """``id(weight_orig) -> weight_orig * weight_mask`` for tensors re-parametrised by ``torch.nn.utils.prune``.
+
+    Pruning (Lightning's ``ModelPruning``) moves a parameter to ``<name>_orig`` and multiplies it by a
+    ``<name>_mask`` buffer at each forward; statistics and penalties are about the effective weight.
+
+    Example:
+        >>> from torch.nn.utils import prune
+        >>> layer = torch.nn.Linear(4, 1)
+        >>> _ = prune.l1_unstructured(layer, "weight", amount=0.5)
+        >>> int(effective_weights(layer)[id(layer.weight_orig)].count_nonzero())
+        2
+    """
+    found: dict[int, Tensor] = {}
+    for module in model.modules() if model is not None else ():
+        for hook in module._forward_pre_hooks.values():
+            name = getattr(hook, "_tensor_name", None)
+            orig, mask = getattr(module, f"{name}_orig", None), getattr(module, f"{name}_mask", None)
+            if name and orig is not None and mask is not None:
+                found[id(orig)] = orig.detach() * mask
+    return found
+
+
+@torch.no_grad()
+def decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance: float = 0.0,
+                per_tensor: bool = True) -> dict[str, float]:
+    """The ``wd/*`` statistics of the decayed tensors of ``decays`` (``OptimizerDecay`` objects).
+
+    Non-zero fractions and norms (:func:`weight_stats`), the scheme's penalty at the current strength
+    (``wd/penalty``, one host transfer) and the scheme's own extra statistics (e.g. ``wd/dead_units``),
+    on the effective weights of pruned tensors.
+    """
+    effective = effective_weights(model)
+    names, params, penalties, extra = [], [], [], {}
+    for decay in decays:
+        for bucket in decay.buckets:
+            tensors = [effective.get(id(p), p) for p in bucket.params]
+            names += bucket.names
+            params += tensors
+            value = decay.scheme.penalty(tensors, decay.strength(bucket), bucket.state)
+            if value is not None:
+                penalties.append(value)
+            for key, number in decay.scheme.extra_stats(tensors, bucket.state).items():
+                extra[key] = extra.get(key, 0.0) + float(number)
+    stats = weight_stats(names, params, zero_tolerance=zero_tolerance, per_tensor=per_tensor)
+    if penalties:
+        stats["wd/penalty"] = torch.stack([p.double().cpu() for p in penalties]).sum().item()
+    stats.update(extra)
     return stats

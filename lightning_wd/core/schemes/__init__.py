@@ -16,7 +16,7 @@ SCHEMES: dict[str, type[Scheme]] = {
 }
 
 __all__ = ["SCHEMES", "Cautious", "Decoupled", "ElasticNet", "GroupLasso", "L1", "L2", "L2SP", "Scheme",
-           "get_scheme"]
+           "get_scheme", "scheme_for_native"]
 
 
 def get_scheme(scheme: str | Scheme | type[Scheme], l1_ratio: float = 0.5) -> Scheme:
@@ -40,3 +40,16 @@ def get_scheme(scheme: str | Scheme | type[Scheme], l1_ratio: float = 0.5) -> Sc
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)} or a Scheme, got {scheme!r}")
     return ElasticNet(l1_ratio) if scheme == "elastic_net" else SCHEMES[scheme]()
+
+
+def scheme_for_native(kind: str) -> Scheme | None:
+    """The plain scheme that equals an optimizer's own decay of ``kind`` (``decoupled`` or ``coupled``).
+
+    Example:
+        >>> scheme_for_native("coupled").name, scheme_for_native("decoupled").name
+        ('l2', 'decoupled')
+    """
+    for cls in SCHEMES.values():
+        if cls.native == kind and cls.after_update is Scheme.after_update and not cls.persistent_state:
+            return cls()
+    return None
