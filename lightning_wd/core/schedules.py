@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from numbers import Real
+
+from lightning_wd.core.validation import check_strength
 
 __all__ = ["SCHEDULES", "StrengthSchedule"]
 
@@ -65,9 +66,9 @@ class StrengthSchedule:
             raise ValueError(f"`schedule` must be one of {', '.join(SCHEDULES)} or a callable, got {schedule!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an integer >= 0, got {warmup_steps!r}")
-        _check_strength(strength, "strength")
+        check_strength(strength, "strength", error=ValueError)
         if final_strength is not None:
-            _check_strength(final_strength, "final_strength")
+            check_strength(final_strength, "final_strength", error=ValueError)
             if schedule not in DECAYING and not (schedule == "constant" and final_strength == strength):
                 raise ValueError("`final_strength` needs a decaying `schedule` (linear, cosine, warmup_cosine, step)")
         self.schedule = schedule
@@ -123,8 +124,3 @@ class StrengthSchedule:
     def __repr__(self) -> str:
         name = getattr(self.schedule, "__name__", self.schedule)
         return f"StrengthSchedule({name!r}, strength={self.strength}, final_strength={self.final_strength})"
-
-
-def _check_strength(value: float, argument: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{argument}` must be a finite number >= 0, got {value!r}")
