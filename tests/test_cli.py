@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
-from lightning_wd.apps import cli
-from lightning_wd.apps.cli import create_cli, describe, main
+from lightning_wd.apps import cli, runner
+from lightning_wd.apps.cli import main
 from lightning_wd.apps.errors import ConfigError
+from lightning_wd.apps.runner import build_cli, describe
 from lightning_wd.core.messages import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +162,7 @@ def test_one_line_condenses_jsonargparse_trees():
                "  Errors:\n    - Option 'weight_decy' is not accepted\n    - Not a valid subclass of Callback\n"
                "      Subclass types expect one of:\n      - a class path (str)\n"
                "    - Expected a <class 'NoneType'>\n  Given value type: <class 'list'>")
-    line = one_line(message, noise=cli._NOISE)
+    line = one_line(message, noise=runner.NOISE)
     assert "\n" not in line and "weight_decy" in line and line.startswith('Parser key "trainer.callbacks"')
     inner = ValueError("Expected a <class 'float'>. Got value: abc")
     outer = TypeError('Parser key "strength":\n  Expected a float')
@@ -196,7 +197,7 @@ def test_recipe_parses_and_prints_config(recipe, capsys):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_recipe_instantiates(recipe, in_tmp):
-    built = create_cli(["--config", str(recipe), "--trainer.logger", "false"], run=False)
+    built = build_cli(recipe, ["--trainer.logger", "false"])
     from lightning_wd.examples import ClassifierModule
 
     assert isinstance(built.model, ClassifierModule)
@@ -240,8 +241,8 @@ def test_more_bad_values_in_process(tmp_path, capsys):
 
 
 def test_explicit_logger_is_respected(in_tmp):
-    built = create_cli(["--config", str(MLP_RECIPE), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-                        "--trainer.logger.save_dir", str(in_tmp / "csv")], run=False)
+    built = build_cli(MLP_RECIPE, ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                                   "--trainer.logger.save_dir", str(in_tmp / "csv")])
     assert type(built.trainer.logger).__name__ == "CSVLogger"
     assert not (in_tmp / "mlruns").exists()
 

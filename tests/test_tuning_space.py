@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_wd.apps.tuning import SCHEME_RANGES, FloatRange, SearchSpace, TuneError, main
-from lightning_wd.apps.tuning.settings import resolve_settings
+from lightning_wd.apps.tuning import FloatRange, SearchSpace, Settings, TuneError, main
 from lightning_wd.apps.tuning.space import best_recipe, trial_recipe, wd_init_args
+from lightning_wd.core.schemes import SCHEMES
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -30,13 +30,13 @@ def recipe(scheme="decoupled", schedule=None, tune=None):
     return out
 
 
-@pytest.mark.parametrize("scheme", sorted(SCHEME_RANGES))
-def test_default_strength_range_per_scheme(scheme):
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_default_strength_range_is_the_schemes_declaration(scheme):
     space = SearchSpace.from_recipe(recipe(scheme))
     assert space.names == ["strength"]
     r = space.strength_range(scheme)
-    assert (r.low, r.high, r.log) == (*SCHEME_RANGES[scheme], True)
-    assert SCHEME_RANGES["l2"] == (1e-6, 1e-2) and SCHEME_RANGES["decoupled"] == (1e-6, 1.0)
+    assert (r.low, r.high, r.log) == (*SCHEMES[scheme].search_range, True)
+    assert SCHEMES["l2"].search_range == (1e-6, 1e-2) and SCHEMES["decoupled"].search_range == (1e-6, 1.0)
 
 
 def test_grid_defaults_to_16_log_spaced_points_within_the_range():
@@ -58,7 +58,7 @@ def test_categorical_scheme_samples_strength_over_each_schemes_range():
     for _ in range(30):
         trial = study.ask()
         params = space.suggest(trial)
-        low, high = SCHEME_RANGES[params["scheme"]]
+        low, high = SCHEMES[params["scheme"]].search_range
         assert low <= params["strength"] <= high
         assert ("l1_ratio" in params) == (params["scheme"] == "elastic_net")
         study.tell(trial, 0.0)
@@ -116,28 +116,28 @@ def test_settings_merge_arguments_recipe_section_and_defaults(tmp_path):
     path = tmp_path / "my_recipe.yaml"
     path.write_text(yaml.safe_dump(recipe("l2", tune={"n_trials": 7, "metric": "val/loss", "pruner": "hyperband",
                                                       "space": {"strength": {"high": 1e-3}}})))
-    s = resolve_settings(path)
+    s = Settings.resolve(path)
     assert (s.n_trials, s.metric, s.direction, s.pruner, s.sampler) == (7, "val/loss", "minimize", "hyperband", "tpe")
     assert s.study_name == "my_recipe" and s.storage == "sqlite:///mlruns/optuna.db"
     assert s.out == Path("mlruns/studies/my_recipe") and s.space.strength.high == 1e-3
-    s = resolve_settings(path, n_trials=2, objectives="accuracy,sparsity", pruner=None)
+    s = Settings.resolve(path, n_trials=2, objectives="accuracy,sparsity", pruner=None)
     assert (s.n_trials, s.sampler, s.pruner, s.directions) == (2, "nsga2", "none", ["minimize", "minimize"])
     assert s.names == ["val/loss", "wd/nonzero_fraction"] and s.study_name == "my_recipe-accuracy-sparsity"
-    s = resolve_settings(path, storage="sqlite:////data/x/optuna.db", study_name="s1")
+    s = Settings.resolve(path, storage="sqlite:////data/x/optuna.db", study_name="s1")
     assert s.out == Path("/data/x/studies/s1")
     with pytest.raises(TuneError, match="cannot prune on several values"):
-        resolve_settings(path, objectives="accuracy,sparsity", pruner="median")
+        Settings.resolve(path, objectives="accuracy,sparsity", pruner="median")
     with pytest.raises(TuneError, match="--n-trials"):
-        resolve_settings(recipe())
+        Settings.resolve(recipe())
     with pytest.raises(TuneError, match="unknown key"):
-        resolve_settings(recipe(tune={"n_trial": 3}))
+        Settings.resolve(recipe(tune={"n_trial": 3}))
 
 
 def test_sqlite_with_several_workers_is_refused_with_the_reason():
     with pytest.raises(TuneError, match="database is locked"):
-        resolve_settings(recipe(), n_trials=2, workers=2)
-    resolve_settings(recipe(), n_trials=2, workers=2, storage="postgresql+psycopg2://u@h/db")
-    resolve_settings(recipe(), n_trials=2, workers=2, storage="journal:studies.log")
+        Settings.resolve(recipe(), n_trials=2, workers=2)
+    Settings.resolve(recipe(), n_trials=2, workers=2, storage="postgresql+psycopg2://u@h/db")
+    Settings.resolve(recipe(), n_trials=2, workers=2, storage="journal:studies.log")
 
 
 def _one_error_line(capsys) -> str:
@@ -186,10 +186,10 @@ def test_import_is_light():
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_every_scheme_has_a_default_range():
-    from lightning_wd.core.schemes import SCHEMES
-
-    assert set(SCHEME_RANGES) == set(SCHEMES)
+def test_every_scheme_declares_a_default_range():
+    for cls in SCHEMES.values():
+        low, high = cls.search_range
+        assert 0 < low < high, cls
 
 
 def test_float_range_describe_and_math():
@@ -239,7 +239,6 @@ def test_plots_pareto_table_and_summary_lines_from_a_synthetic_study(tmp_path):
 def test_a_second_process_on_a_sqlite_study_is_warned_about(tmp_path):
     import optuna
 
-    from lightning_wd.apps.tuning.settings import resolve_settings
     from lightning_wd.apps.tuning.storage import open_storage
     from lightning_wd.apps.tuning.study import _warn_shared_sqlite
 
@@ -247,7 +246,7 @@ def test_a_second_process_on_a_sqlite_study_is_warned_about(tmp_path):
     study = optuna.create_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=5))
     trial = study.ask()  # running in "another process", heartbeat just recorded
     study._storage.record_heartbeat(trial._trial_id)
-    settings = resolve_settings(recipe(), n_trials=2, storage=url, study_name="s", heartbeat_interval=1,
+    settings = Settings.resolve(recipe(), n_trials=2, storage=url, study_name="s", heartbeat_interval=1,
                                 grace_period=5)
     with pytest.warns(UserWarning, match=r"another process is running trial\(s\) \[0\].*database is locked"):
         _warn_shared_sqlite(study, settings)

@@ -1,6 +1,6 @@
 """``lightning-wd report``: re-measure the ten tables of the weight-decay article with this library.
 
-Every number comes from fits of ``recipes/report_mnist1d_mlp.yaml`` (the article's setting: an MLP that
+Every number comes from fits of the shipped recipe ``report_mnist1d_mlp`` (the article's setting: an MLP that
 overfits MNIST-1D), run through the same code path as ``lightning-wd fit`` and logged to MLflow, so the
 runs can be compared in the MLflow UI. ``report.md`` gives, per table, the article's claim, our
 measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it.
@@ -8,12 +8,12 @@ measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 __all__ = ["build_report", "geometric_sequence", "main", "where_it_acts"]
 
+PROG = "lightning-wd report"
 EXPERIMENT = "lightning_wd_report"
 
 
@@ -79,7 +79,7 @@ def where_it_acts() -> list[list[str]]:
     penalties = [n for n, c in SCHEMES.items() if overrides(c, "penalty")]
     return [
         ["1", "initialise weights", "fit start: the grouping plan (which tensors decay, and why); l2_sp keeps w0; "
-         "the optimizer is regrouped (native decay) or wrapped"],
+         "the optimizer keeps its param groups; its step is wrapped (whole groups decay natively)"],
         ["2", "forward propagation", "nothing: decay never touches the forward pass"],
         ["3", "compute loss", f"nothing is added to the loss; wd/penalty reports the term minimised by "
          f"{', '.join(penalties)}"],
@@ -99,6 +99,7 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
 
     seeds = seeds or (2 if quick else 3)
     epochs = epochs or (20 if quick else 60)
+    store = _store(tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings()
     runs: dict[str, list] = {s.key: [] for s in settings}
@@ -135,11 +136,18 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
     figures.geometric(out / "geometric.png", geo, [0.7, 0.56, 0.45, 0.36])
     path = out / "report.md"
     path.write_text(_markdown(sections, runs, sweep, seeds, epochs, quick, time.perf_counter() - started,
-                              experiment, tracking_uri))
+                              experiment, store))
     return path
 
 
-def _markdown(sections, runs, sweep, seeds, epochs, quick, seconds, experiment, tracking_uri) -> str:
+def _store(tracking_uri: str | None) -> str:
+    """The MLflow store the runs go to, as shown to a user: SQLite paths absolute, no password."""
+    from lightning_wd.tracking.uris import absolute_sqlite_uri, redact, resolve_tracking_uri
+
+    return redact(absolute_sqlite_uri(resolve_tracking_uri(tracking_uri)))
+
+
+def _markdown(sections, runs, sweep, seeds, epochs, quick, seconds, experiment, store) -> str:
     from lightning_wd.apps.report.runs import mean_sd
 
     finals = [(s, mean_sd([r.final("val/acc") for r in runs[k]])[0]) for s, k in sweep]
@@ -149,7 +157,7 @@ def _markdown(sections, runs, sweep, seeds, epochs, quick, seconds, experiment, 
         "# Weight decay: the article's claims, re-measured with lightning_wd", "",
         f"Setting: MLP 40-100-100-10 on MNIST-1D (4000 train / 1000 validation), Adam lr 0.01, batch 100, "
         f"{epochs} epochs, {seeds} seed(s){' (quick mode)' if quick else ''}; every run is in the MLflow "
-        f"experiment `{experiment}` ({tracking_uri or 'default store sqlite:///mlruns/mlflow.db'}). "
+        f"experiment `{experiment}` ({store}). "
         f"Measured on this machine in {seconds / 60:.1f} min. Values are mean ± sd over seeds.", "",
         "The article's absolute numbers come from an unnamed model and data set, so verdicts judge the "
         "direction and shape of each claim, not its digits.", "",
@@ -170,10 +178,18 @@ def _markdown(sections, runs, sweep, seeds, epochs, quick, seconds, experiment, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lightning-wd report [--quick] [--out DIR] [--tracking-uri URI] [--seeds K] [--epochs E]``."""
-    from lightning_wd.apps.errors import OneLineParser
+    """``lightning-wd report [--quick] [--out DIR] [--tracking-uri URI] [--seeds K] [--epochs E]``.
 
-    parser = OneLineParser(prog="lightning-wd report", description=__doc__.splitlines()[0])
+    Example:
+        >>> import sys; sys.stderr = sys.stdout
+        >>> main(["--seeds", "0"])
+        lightning-wd report: error: --seeds must be >= 1, got 0
+        2
+        >>> sys.stderr = sys.__stderr__
+    """
+    from lightning_wd.apps.errors import OneLineParser, UsageError, report_error
+
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 20 epochs (under five minutes)")
     parser.add_argument("--out", default="report", help="output folder (default: report)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default store: mlruns/)")
@@ -183,19 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.seeds is not None and args.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+            raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
         if args.epochs is not None and args.epochs < 4:
-            raise ValueError(f"--epochs must be >= 4 (the article's tables span four epochs), got {args.epochs}")
+            raise UsageError(f"--epochs must be >= 4 (the article's tables span four epochs), got {args.epochs}")
         if args.tracking_uri:
             from lightning_wd.tracking.uris import TrackingUnavailable, check_tracking_uri
 
             try:
                 check_tracking_uri(args.tracking_uri)
             except TrackingUnavailable as exc:
-                raise ValueError(str(exc)) from exc
-    except ValueError as exc:
-        print(f"lightning-wd report: error: {exc}", file=sys.stderr)
-        return 2
+                raise UsageError(str(exc)) from exc
+    except UsageError as exc:
+        return report_error(PROG, exc)
     import logging
     import warnings
 
@@ -204,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # tiny models: one thread per process is fastest and keeps timings honest
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    store = _store(args.tracking_uri)  # before the runs: MLflow's logger sets MLFLOW_TRACKING_URI
     path = build_report(Path(args.out), quick=args.quick, seeds=args.seeds, epochs=args.epochs,
                         tracking_uri=args.tracking_uri, experiment=args.experiment)
-    uri = args.tracking_uri or "sqlite:///mlruns/mlflow.db"
     print(f"\nReport written to {path.resolve()} (figures beside it).")
-    print(f"Open the runs in the MLflow UI:  mlflow ui --backend-store-uri {uri}   (experiment '{args.experiment}')")
+    print(f"Open the runs in the MLflow UI:  mlflow ui --backend-store-uri {store}   (experiment '{args.experiment}')")
     return 0

@@ -111,21 +111,20 @@ def _recorder():
 
 def run_setting(setting: Setting, seed: int, epochs: int, *, experiment: str, tracking_uri: str | None,
                 recipe: Path = RECIPE) -> Run:
-    """Fit the report recipe once with ``setting`` and ``seed`` through the ``fit`` code path."""
-    from lightning_wd.apps.cli import create_cli
-
-    args = ["--config", str(recipe), *setting.overrides(), "--seed_everything", str(seed),
-            "--trainer.max_epochs", str(epochs), "--experiment", experiment,
-            "--run_name", f"report/{setting.key}/seed{seed}", "--trainer.enable_progress_bar", "false"]
-    if tracking_uri:
-        args += ["--tracking_uri", tracking_uri]
+    """Fit the report recipe once with ``setting`` and ``seed`` through the recipe runner (as ``fit`` does)."""
     import warnings
 
+    from lightning_wd.apps.runner import build_cli
+
+    overrides = [*setting.overrides(), "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs),
+                 "--experiment", experiment, "--run_name", f"report/{setting.key}/seed{seed}",
+                 "--trainer.enable_progress_bar", "false"]
+    if tracking_uri:
+        overrides += ["--tracking_uri", tracking_uri]
+    recorder = _recorder()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*args parameter is intended to run from within Python.*")
-        cli = create_cli(args, run=False)
-    recorder = _recorder()
-    cli.trainer.callbacks.append(recorder)
+        cli = build_cli(recipe, overrides, callbacks=[recorder])
     # The validation of epoch e runs inside train epoch e; the recorder reads it at train epoch end.
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

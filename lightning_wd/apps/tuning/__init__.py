@@ -2,8 +2,10 @@
 
 Python::
 
-    from lightning_wd.apps.tuning import tune
-    study = tune("recipes/tune_mnist1d_mlp.yaml", n_trials=20, overrides=["--trainer.max_epochs", "3"])
+    from lightning_wd.apps.tuning import Settings, tune
+    study = tune("tune_mnist1d_mlp", n_trials=20, overrides=["--trainer.max_epochs", "3"])
+    settings = Settings.resolve("tune_mnist1d_mlp", n_trials=20, workers=2, storage="journal:study.log")
+    study = tune(settings)        # the same object the command builds and the workers receive
 
 Command line::
 
@@ -14,6 +16,7 @@ Modules: :mod:`~lightning_wd.apps.tuning.space` (search space, per-trial recipes
 :mod:`~lightning_wd.apps.tuning.storage` (SQLite, PostgreSQL, journal; heartbeats and retries),
 :mod:`~lightning_wd.apps.tuning.record` (MLflow parent and child runs),
 :mod:`~lightning_wd.apps.tuning.report` (summary lines, best.yaml, Pareto table, plots),
+:mod:`~lightning_wd.apps.tuning.settings` (:class:`Settings`: every option, validated once),
 :mod:`~lightning_wd.apps.tuning.study` (:func:`tune`), :mod:`~lightning_wd.apps.tuning.command` (:func:`main`).
 Optuna, MLflow and Lightning are imported only when a study runs.
 """
@@ -21,7 +24,8 @@ Optuna, MLflow and Lightning are imported only when a study runs.
 from __future__ import annotations
 
 from lightning_wd.apps.tuning.command import main
-from lightning_wd.apps.tuning.space import SCHEME_RANGES, FloatRange, SearchSpace, TuneError
+from lightning_wd.apps.tuning.settings import Settings
+from lightning_wd.apps.tuning.space import FloatRange, SearchSpace, TuneError
 from lightning_wd.apps.tuning.study import tune
 
-__all__ = ["SCHEME_RANGES", "FloatRange", "SearchSpace", "TuneError", "main", "tune"]
+__all__ = ["FloatRange", "SearchSpace", "Settings", "TuneError", "main", "tune"]

@@ -6,9 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lightning_wd.apps.errors import OneLineParser, UsageError, debug_enabled
+from lightning_wd.apps.errors import OneLineParser, UsageError, debug_enabled, report_error
 from lightning_wd.apps.tuning.space import TuneError
+from lightning_wd.apps.tuning.storage import DEFAULT_STORAGE
 from lightning_wd.core.messages import one_line
+from lightning_wd.tracking.uris import DEFAULT_TRACKING_URI
 
 __all__ = ["build_parser", "main", "split_overrides"]
 
@@ -55,13 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Optuna study over the weight decay of a recipe; each trial is a fit.",
                 epilog=EPILOG, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True, metavar="RECIPE",
-                   help="the recipe (YAML, with a tune: section or not)")
+                   help="the recipe: a YAML file (with a tune: section or not) or the name of a shipped recipe")
     p.add_argument("--n-trials", type=_positive_int, metavar="N", help="target of finished trials of the study")
     p.add_argument("--timeout", type=_seconds, metavar="S", help="start no trial after S seconds")
     p.add_argument("--study-name", metavar="NAME", help="default: the recipe's file name")
     p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage (default sqlite:///mlruns/optuna.db; postgresql+psycopg2://... to share)")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
+                   help=f"Optuna storage (default {DEFAULT_STORAGE}; postgresql+psycopg2://... to share)")
+    p.add_argument("--tracking-uri", metavar="URI", help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
     p.add_argument("--experiment", metavar="NAME", help="MLflow experiment")
     p.add_argument("--sampler", choices=("tpe", "random", "grid", "nsga2"))
     p.add_argument("--pruner", choices=("median", "hyperband", "none"))
@@ -135,21 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = debug_enabled()
     try:
         args, extra = parser.parse_known_args(argv)
-        overrides = split_overrides(extra)
+        options = vars(args)
+        config = options.pop("config")
+        options["progress"] = not options.pop("no_progress")
+        options["overrides"] = split_overrides(extra)
+        from lightning_wd.apps.tuning.settings import Settings
         from lightning_wd.apps.tuning.study import tune
 
-        tune(
-            args.config, args.n_trials, timeout=args.timeout, study_name=args.study_name, storage=args.storage,
-            tracking_uri=args.tracking_uri, experiment=args.experiment, sampler=args.sampler, pruner=args.pruner,
-            objectives=args.objectives, metric=args.metric, direction=args.direction, seed=args.seed,
-            overrides=overrides, out=args.out, workers=args.workers, heartbeat_interval=args.heartbeat_interval,
-            grace_period=args.grace_period, progress=not args.no_progress,
-        )
+        tune(Settings.resolve(config, **options))
     except (UsageError, TuneError) as error:
         if debug:
             raise
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-        return 2
+        return report_error(PROG, error)
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
     except KeyboardInterrupt:
@@ -159,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if debug:
             raise
-        print(f"{PROG}: error: {type(error).__name__}: {one_line(error)} (LIGHTNING_WD_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return 1
+        return report_error(PROG, f"{type(error).__name__}: {one_line(error)} (LIGHTNING_WD_DEBUG=1 for the traceback)",
+                            code=1)
     return 0

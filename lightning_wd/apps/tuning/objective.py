@@ -1,9 +1,10 @@
 """One trial: an ordinary fit of the recipe, with the sampled decay, reported to Optuna every validation.
 
-Each trial writes a copy of the recipe with the WeightDecay callback's ``init_args`` set to the sample,
-builds the same LightningCLI the ``fit`` command uses (``run=False``, ``--config`` the copy, then the
-user's overrides), replaces the trainer's loggers with an ``MLFlowLogger`` on the trial's child run, adds
-:class:`TrialMonitor` (and ``MLflowRecord``), and calls ``trainer.fit``.
+Each trial takes a copy of the recipe with the WeightDecay callback's ``init_args`` set to the sample and
+builds its fit with the recipe runner that ``lightning-wd fit`` uses
+(:func:`lightning_wd.apps.runner.build_cli`: the sampled recipe, then the user's overrides), passing in
+its logger (an ``MLFlowLogger`` on the trial's child run) and its callbacks (:class:`TrialMonitor` and
+``MLflowRecord``); then it calls ``trainer.fit``.
 
 Pruning without exceptions inside the fit: at the end of each validation :class:`TrialMonitor` reports the
 monitored metric (``trial.report(value, step=validation round)``); when the pruner says so it sets
@@ -24,21 +25,18 @@ attribute ``fail_reason`` and the study goes on.
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback
 
-from lightning_wd.apps.tuning.space import SPARSITY_KEY, SearchSpace, TuneError, trial_recipe
+from lightning_wd.apps.tuning.space import SPARSITY_KEY, TuneError, trial_recipe
 
-__all__ = ["SPARSITY_KEY", "NonFiniteTrial", "Objective", "TrialMonitor", "build_cli"]
+__all__ = ["SPARSITY_KEY", "NonFiniteTrial", "Objective", "TrialMonitor", "build_trial"]
 
 ATTR_LAST = "last_value"
 ATTR_PRUNED = "pruned_at_round"
@@ -49,28 +47,24 @@ class NonFiniteTrial(RuntimeError):
     """The trial's loss or monitored metric became NaN/inf (the trial ends FAIL, the study goes on)."""
 
 
-def build_cli(args: list[str]) -> Any:
-    """The project's LightningCLI (``lightning_wd.apps.cli.create_cli``) built with ``run=False`` on ``args``.
+def build_trial(config: Mapping, overrides: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """The trial's fit, built by the recipe runner on its sampled recipe (not run).
+
+    Args:
+        config: the trial's recipe.
+        overrides: LightningCLI arguments after it.
+        kwargs: the runner's ``logger``, ``callbacks``, ``quiet``.
 
     Raises:
         TuneError: the configuration is invalid (one-line message).
     """
-    try:
-        from lightning_wd.apps.cli import create_cli
-        from lightning_wd.apps.errors import ConfigError
-    except ImportError:  # an installation without the project's CLI: plain LightningCLI
-        from lightning.pytorch.cli import LightningCLI
+    from lightning_wd.apps.errors import ConfigError
+    from lightning_wd.apps.runner import build_cli
+    from lightning_wd.core.messages import one_line
 
-        try:
-            return LightningCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=args,
-                                save_config_callback=None)
-        except SystemExit as exit_:
-            raise TuneError(f"invalid configuration (exit {exit_.code})") from None
     try:
-        return create_cli(args, run=False)
+        return build_cli(config, overrides, **kwargs)
     except ConfigError as error:
-        from lightning_wd.core.messages import one_line
-
         raise TuneError(one_line(error)) from None
     except SystemExit as exit_:  # a parser that prints and exits (LIGHTNING_WD_DEBUG=1)
         raise TuneError(f"invalid configuration (exit {exit_.code})") from None
@@ -175,54 +169,30 @@ class Objective:
     """The Optuna objective: one fit of the recipe per trial (see the module docstring).
 
     Args:
-        recipe: the recipe (dict, ``tune:`` section included or not).
-        space: what to sample.
-        overrides: LightningCLI arguments after ``--config`` (e.g. ``["--trainer.max_epochs", "3"]``).
-        metric: the monitored metric.
-        objectives: ``["accuracy"]`` or ``["accuracy", "sparsity"]``.
+        settings: the study's :class:`~lightning_wd.apps.tuning.settings.Settings` (recipe, space,
+            overrides, metric, objectives, sampler, seed).
         record: the :class:`~lightning_wd.apps.tuning.record.StudyRecord`.
-        grid: the study uses the grid sampler (strength over the union range of the schemes).
-        seed: ``seed_everything`` of each trial when the recipe sets none.
         worker: index of this worker (a tag of the child runs).
-        on_trial_start: called with the trial number when a trial starts (progress display).
+        on_trial_start: called with the trial number and parameters when a trial starts (progress display).
     """
 
-    def __init__(self, recipe: Mapping, space: SearchSpace, overrides: Sequence[str], metric: str,
-                 objectives: Sequence[str], record: Any, grid: bool = False, seed: int | None = None,
-                 worker: int = 0, on_trial_start: Any = None) -> None:
-        self.recipe = dict(recipe)
-        self.space = space
-        self.overrides = list(overrides)
-        self.metric = metric
-        self.objectives = list(objectives)
+    def __init__(self, settings: Any, record: Any = None, worker: int = 0, on_trial_start: Any = None) -> None:
+        self.settings = settings
+        self.space = settings.space
+        self.grid = settings.sampler == "grid"  # strength over the union range of the schemes
         self.record = record
-        self.grid = grid
-        self.seed = seed
         self.worker = worker
         self.on_trial_start = on_trial_start
-        self._tmp = tempfile.TemporaryDirectory(prefix="lightning_wd_tune_")
 
     def config_for(self, params: Mapping[str, Any]) -> dict:
         """The trial's recipe: the sampled decay set on the WeightDecay callback, ``tune:`` removed."""
-        config = trial_recipe(self.recipe, self.space.wd_args(params))
-        if self.seed is not None and "seed_everything" not in config:
-            config["seed_everything"] = self.seed
+        config = trial_recipe(self.settings.recipe, self.space.wd_args(params))
+        if self.settings.seed is not None and "seed_everything" not in config:
+            config["seed_everything"] = self.settings.seed
         return config
 
-    def cli_args(self, path: str | Path) -> list[str]:
-        """LightningCLI arguments of a trial: its config, no logger of the recipe's, the user's overrides."""
-        return ["--config", str(path), "--trainer.logger=false", *self.overrides]
-
-    def write_config(self, config: Mapping, name: str) -> Path:
-        """Write a trial's recipe as YAML into this objective's temporary folder."""
-        import yaml
-
-        path = Path(self._tmp.name) / name
-        path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-        return path
-
     def check(self) -> None:
-        """Build the CLI once on the recipe with the lowest values of the space (config errors fail early).
+        """Build the fit once with the lowest values of the space, quietly (config errors fail early).
 
         Raises:
             TuneError: the recipe or the overrides are invalid.
@@ -237,19 +207,9 @@ class Objective:
                 r = (self.space.strength_range(self.space.schemes[0], self.grid) if name == "strength"
                      else getattr(self.space, name))
                 low[name] = r.low
-        trial = optuna.trial.FixedTrial(low)
-        params = self.space.suggest(trial, self.grid)
-        path = self.write_config(self.config_for(params), "check.yaml")
-        loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning_wd")]
-        levels = [logger.level for logger in loggers]
-        try:  # a trial will say it all again: keep the check quiet (errors still raise)
-            for logger in loggers:
-                logger.setLevel(logging.WARNING)
-            cli = build_cli(self.cli_args(path))
-            self._check_strategy(cli.trainer)
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
+        params = self.space.suggest(optuna.trial.FixedTrial(low), self.grid)
+        cli = build_trial(self.config_for(params), self.settings.overrides, logger=False, quiet=True)
+        self._check_strategy(cli.trainer)
 
     @staticmethod
     def _check_strategy(trainer: Any) -> None:
@@ -306,23 +266,11 @@ class Objective:
 
         from lightning_wd.tracking import MLflowRecord
 
-        path = self.write_config(self.config_for(params), f"trial-{trial.number}.yaml")
-        cli = build_cli(self.cli_args(path))
+        monitor = TrialMonitor(trial, self.settings.metric, report=len(self.settings.objectives) == 1)
+        cli = build_trial(self.config_for(params), self.settings.overrides,
+                          logger=self.record.trial_logger(run_id), callbacks=[monitor, MLflowRecord(plots=False)])
         trainer = cli.trainer
         self._check_strategy(trainer)
-        logger = self.record.trial_logger(run_id)
-        trainer.loggers = [logger]
-        monitor = TrialMonitor(trial, self.metric, report=len(self.objectives) == 1)
-        trainer.callbacks = [c for c in trainer.callbacks if type(c).__name__ != "SaveConfigCallback"]
-        trainer.callbacks.append(monitor)
-        if not any(isinstance(c, MLflowRecord) for c in trainer.callbacks):
-            trainer.callbacks.append(MLflowRecord(plots=False))
-        try:
-            from lightning_wd.tracking import log_config
-
-            log_config(logger, path)
-        except Exception:  # noqa: S110 - the config artifact is a convenience
-            pass
         handler = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -341,9 +289,10 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after validation round {at}")
         value = monitor.last_value if monitor.last_value is not None else attrs.get(ATTR_LAST)
         if value is None:
-            raise TuneError(f"no validation ran, so {self.metric!r} was never measured (check limit_val_batches)")
+            raise TuneError(f"no validation ran, so {self.settings.metric!r} was never measured "
+                            "(check limit_val_batches)")
         values = []
-        for objective in self.objectives:
+        for objective in self.settings.objectives:
             if objective == "accuracy":
                 values.append(float(value))
             else:

@@ -69,20 +69,19 @@ class StudyRecord:
                  parent_run_id: str | None = None) -> None:
         from mlflow import MlflowClient
 
-        from lightning_wd import tracking
         from lightning_wd.apps.tuning.space import TuneError
+        from lightning_wd.tracking import uris
 
-        self.uri = tracking.resolve_tracking_uri(tracking_uri)
+        uri = uris.resolve_tracking_uri(tracking_uri)
         try:
-            tracking.check_tracking_uri(self.uri)
-        except tracking.TrackingUnavailable as error:
+            uris.check_tracking_uri(uri)
+        except uris.TrackingUnavailable as error:
             raise TuneError(str(error)) from None
-        db = Path(self.uri.split(":///", 1)[1].split("?", 1)[0]) if self.uri.startswith("sqlite:///") else None
-        if db is not None and str(db) != ":memory:":
+        db = uris.sqlite_path(uri)
+        if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-            # absolute: MLflow caches stores by URI, so a relative one would follow the first working directory
-            _, sep, query = self.uri[len("sqlite:///"):].partition("?")
-            self.uri = f"sqlite:///{db.resolve()}{sep}{query}"
+        # absolute: MLflow caches stores by URI, so a relative one would follow the first working directory
+        self.uri = uris.absolute_sqlite_uri(uri)
         self.client = MlflowClient(self.uri)
         self.experiment = experiment
         self.study_name = study_name
@@ -94,9 +93,9 @@ class StudyRecord:
         found = self.client.get_experiment_by_name(name)
         if found is not None and found.lifecycle_stage != "deleted":
             return found.experiment_id
-        from lightning_wd import tracking
+        from lightning_wd.tracking.logger import artifact_location
 
-        location = getattr(tracking, "_artifact_location", lambda uri: None)(self.uri)
+        location = artifact_location(self.uri)
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # created meanwhile by another worker

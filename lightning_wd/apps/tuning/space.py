@@ -8,9 +8,12 @@ study parameters ``strength``, ``scheme``, ``l1_ratio``, ``final_strength``, ``t
   range of the scheme fills it), or ``true`` / ``{}``: the defaults;
 * a list of numbers: the grid values (the range is their min..max);
 * a single number: a fixed value (set in the recipe, not tuned);
-* ``scheme``: a list of scheme names (categorical), or one name (fixed).
+* ``scheme``: a list of schemes (categorical), or one (fixed): a name (``l1``) or a
+  :class:`~lightning_wd.core.schemes.Scheme` subclass of your own by class path (``mypkg.MyScheme``, or
+  ``{class_path: mypkg.MyScheme}``); the recipe's WeightDecay may name its scheme either way too.
 
-Without a ``space`` the study tunes ``strength`` over the default range of the recipe's scheme. ``strength``
+Without a ``space`` the study tunes ``strength`` over the default range of the recipe's scheme: the
+``search_range`` the scheme declares. ``strength``
 is tuned unless it is fixed or ``timescale_epochs`` is tuned instead. When ``scheme`` is categorical and the
 strength range is not given, each scheme samples strength over its own range (the grid sampler uses their
 union); ``l1_ratio`` is then sampled only for ``elastic_net``.
@@ -26,28 +29,17 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_GRID_POINTS",
-    "SCHEME_RANGES",
     "SPARSITY_KEY",
     "STUDY_PARAMS",
     "FloatRange",
     "SearchSpace",
     "TuneError",
     "best_recipe",
+    "scheme_class",
     "trial_recipe",
     "wd_init_args",
 ]
 
-#: Default strength range (log-uniform) per scheme: wide for decoupled decay (``lr * lambda`` per step),
-#: narrow for coupled penalties whose gradient adds ``lambda * w`` (or ``lambda * sign(w)``) to the loss's.
-SCHEME_RANGES: dict[str, tuple[float, float]] = {
-    "decoupled": (1e-6, 1.0),
-    "cautious": (1e-6, 1.0),
-    "l2": (1e-6, 1e-2),
-    "l1": (1e-6, 1e-2),
-    "elastic_net": (1e-6, 1e-2),
-    "group_lasso": (1e-6, 1e-2),
-    "l2_sp": (1e-6, 1e-1),
-}
 STUDY_PARAMS = ("strength", "scheme", "l1_ratio", "final_strength", "timescale_epochs")
 DEFAULT_GRID_POINTS = 16
 _DEFAULTS = {  # low, high, log, grid points of the params whose range does not depend on the scheme
@@ -57,6 +49,7 @@ _DEFAULTS = {  # low, high, log, grid points of the params whose range does not 
 SPARSITY_KEY = "wd/nonzero_fraction"  # the statistic minimised by the ``sparsity`` objective
 _WD_NAME = "WeightDecay"
 _WD_CLASS_PATH = "lightning_wd.core.callback.WeightDecay"
+_DEFAULT_SCHEME = "decoupled"  # WeightDecay's scheme when it names none and has a strength
 
 
 class TuneError(ValueError):
@@ -158,6 +151,72 @@ def _parse_range(name: str, spec: Any, default: tuple[float, float, bool, int]) 
     raise TuneError(f"space.{name}: expected a mapping (low/high/log), a list, a number or true, got {spec!r}")
 
 
+def scheme_class(spec: Any) -> type:
+    """The :class:`~lightning_wd.core.schemes.Scheme` class of a scheme as a recipe gives it.
+
+    Args:
+        spec: a built-in name (``l1``), a class path (``mypkg.MyScheme``), a mapping with ``class_path``
+            (and ``init_args``), or a ``Scheme`` subclass or instance.
+
+    Raises:
+        TuneError: an unknown name, a class path that does not import, or a class that is not a Scheme.
+
+    Example:
+        >>> scheme_class("l2").search_range, scheme_class({"class_path": "lightning_wd.core.schemes.L1"}).name
+        ((1e-06, 0.01), 'l1')
+    """
+    import importlib
+
+    from lightning_wd.core.schemes import SCHEMES, Scheme
+
+    if isinstance(spec, Scheme):
+        return type(spec)
+    if isinstance(spec, type) and issubclass(spec, Scheme):
+        return spec
+    path = spec.get("class_path") if isinstance(spec, Mapping) else spec
+    if isinstance(path, str) and path in SCHEMES:
+        return SCHEMES[path]
+    if not isinstance(path, str) or "." not in path.strip("."):
+        raise TuneError(f"space.scheme: choose from {', '.join(SCHEMES)} or give a Scheme subclass by class path, "
+                        f"got {spec!r}")
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise TuneError(f"space.scheme: cannot import {path} ({error})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Scheme)):
+        raise TuneError(f"space.scheme: {path} is not a subclass of lightning_wd.core.schemes.Scheme")
+    return cls
+
+
+def _scheme_label(spec: Any) -> str:
+    """How a scheme is named in the space, in Optuna and in MLflow: its name, else its class path."""
+    from lightning_wd.core.schemes import SCHEMES
+
+    cls = scheme_class(spec)
+    if SCHEMES.get(getattr(cls, "name", None)) is cls:
+        return cls.name
+    if isinstance(spec, Mapping):
+        return str(spec["class_path"])
+    return spec if isinstance(spec, str) else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _l1_ratio_schemes() -> list[str]:
+    """The built-in schemes whose strength is split by WeightDecay's ``l1_ratio``."""
+    import inspect
+
+    from lightning_wd.core.schemes import SCHEMES
+
+    return [n for n, cls in SCHEMES.items() if "l1_ratio" in inspect.signature(cls).parameters]
+
+
+def _wd_scheme_value(label: str) -> Any:
+    """A label as WeightDecay's ``scheme`` in a recipe: the name, or ``{class_path: ...}`` for a class."""
+    from lightning_wd.core.schemes import SCHEMES
+
+    return label if label in SCHEMES else {"class_path": label}
+
+
 def _wd_entries(recipe: Mapping) -> list[dict]:
     callbacks = (recipe.get("trainer") or {}).get("callbacks") or []
     if isinstance(callbacks, Mapping):
@@ -250,22 +309,21 @@ class SearchSpace:
             raise TuneError(f"tune.space: unknown parameter(s) {sorted(unknown)}; tunable: {', '.join(STUDY_PARAMS)}")
         base = wd_init_args(recipe)
         fixed: dict[str, Any] = {}
-        scheme_spec = space.get("scheme", base.get("scheme", "decoupled"))
-        if isinstance(scheme_spec, Mapping):
+        scheme_spec = space.get("scheme", base.get("scheme") or _DEFAULT_SCHEME)
+        if isinstance(scheme_spec, Mapping) and "class_path" not in scheme_spec:
             scheme_spec = scheme_spec.get("choices")
-        schemes = (scheme_spec,) if isinstance(scheme_spec, str) else tuple(scheme_spec or ())
-        bad = [s for s in schemes if s not in SCHEME_RANGES]
-        if not schemes or bad:
-            raise TuneError(f"space.scheme: choose from {', '.join(SCHEME_RANGES)}, got {scheme_spec!r}")
+        choices = list(scheme_spec) if isinstance(scheme_spec, (list, tuple)) else [scheme_spec]
+        if not choices or scheme_spec is None:
+            raise TuneError(f"space.scheme: expected a scheme or a list of schemes, got {scheme_spec!r}")
+        schemes = tuple(_scheme_label(c) for c in choices)
         if len(set(schemes)) != len(schemes):
             raise TuneError(f"space.scheme: repeated choices in {list(schemes)}")
         if len(schemes) == 1 and "scheme" in space:
-            fixed["scheme"] = schemes[0]
+            fixed["scheme"] = choices[0] if isinstance(choices[0], Mapping) else _wd_scheme_value(schemes[0])
         out = cls(schemes=schemes, fixed=fixed)
 
-        lows = [SCHEME_RANGES[s][0] for s in schemes]
-        highs = [SCHEME_RANGES[s][1] for s in schemes]
-        union = (min(lows), max(highs), True, DEFAULT_GRID_POINTS)
+        ranges = [scheme_class(s).search_range for s in schemes]
+        union = (min(r[0] for r in ranges), max(r[1] for r in ranges), True, DEFAULT_GRID_POINTS)
         for name in ("timescale_epochs", "final_strength", "l1_ratio", "strength"):
             if name not in space:
                 continue
@@ -287,8 +345,9 @@ class SearchSpace:
         if not out.names:
             raise TuneError("tune.space fixes every parameter: nothing to tune")
         if out.l1_ratio is not None:
-            if "elastic_net" not in schemes:
-                raise TuneError("space.l1_ratio applies to scheme elastic_net only; add it to space.scheme")
+            if not set(schemes) & set(_l1_ratio_schemes()):
+                raise TuneError(f"space.l1_ratio applies to scheme {' or '.join(_l1_ratio_schemes())} only; "
+                                "add it to space.scheme")
             if not 0 <= out.l1_ratio.low <= out.l1_ratio.high <= 1:
                 raise TuneError("space.l1_ratio must lie in [0, 1]")
         schedule = base.get("schedule", "constant")
@@ -312,7 +371,7 @@ class SearchSpace:
             raise TuneError("strength is not tuned in this space")
         if self.strength_explicit or grid or len(self.schemes) == 1:
             return self.strength
-        low, high = SCHEME_RANGES[scheme]
+        low, high = scheme_class(scheme).search_range
         return FloatRange(low, high, self.strength.log, self.strength.points)
 
     def suggest(self, trial: Any, grid: bool = False) -> dict[str, Any]:
@@ -327,7 +386,7 @@ class SearchSpace:
         if self.strength is not None:
             r = self.strength_range(scheme, grid)
             params["strength"] = trial.suggest_float("strength", r.low, r.high, log=r.log)
-        if self.l1_ratio is not None and scheme == "elastic_net":
+        if self.l1_ratio is not None and scheme in _l1_ratio_schemes():
             r = self.l1_ratio
             params["l1_ratio"] = trial.suggest_float("l1_ratio", r.low, r.high, log=r.log)
         if self.final_strength is not None:
@@ -343,7 +402,7 @@ class SearchSpace:
         """
         if self.l1_ratio is not None and len(self.schemes) > 1:
             raise TuneError("the grid sampler needs an unconditional space: "
-                            "with l1_ratio tuned, fix scheme: elastic_net")
+                            f"with l1_ratio tuned, fix scheme: {' or '.join(_l1_ratio_schemes())}")
         out: dict[str, list] = {}
         if len(self.schemes) > 1:
             out["scheme"] = list(self.schemes)
@@ -361,6 +420,8 @@ class SearchSpace:
             {'strength': 0.001}
         """
         args = {**self.fixed, **{k: v for k, v in params.items() if k in STUDY_PARAMS}}
+        if isinstance(args.get("scheme"), str):
+            args["scheme"] = _wd_scheme_value(args["scheme"])
         if "timescale_epochs" in args:
             args["strength"] = 0.0
         return args

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_wd.apps.tuning.space import TuneError
+from lightning_wd.tracking.uris import redact, sqlite_path
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
@@ -29,7 +30,6 @@ __all__ = [
     "StaleTrialCallback",
     "check_workers",
     "open_storage",
-    "redact",
     "storage_kind",
 ]
 
@@ -59,20 +59,6 @@ def storage_kind(url: str) -> str:
     if "://" not in url:
         raise TuneError(f"--storage: expected sqlite:///PATH, postgresql+psycopg2://... or journal:PATH, got {url!r}")
     return "sqlite" if scheme == "sqlite" else "rdb"
-
-
-def redact(url: str) -> str:
-    """``url`` with any password masked (for logs and MLflow params).
-
-    Example:
-        >>> redact("postgresql://me:secret@db:5432/optuna")
-        'postgresql://me:***@db:5432/optuna'
-    """
-    if storage_kind(url) != "rdb":
-        return url
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def check_workers(url: str, workers: int) -> None:
@@ -129,13 +115,14 @@ def open_storage(
 
     Args:
         url: ``sqlite:///PATH`` (its folder is created), a server database URL, or ``journal:PATH``.
-        heartbeat_interval: seconds between heartbeats of a running trial (None: no heartbeats).
+        heartbeat_interval: seconds between heartbeats of a running trial (None: no heartbeats); the values
+            are checked by :class:`~lightning_wd.apps.tuning.settings.Settings`.
         grace_period: seconds without heartbeat after which a running trial is failed and retried.
         tracking_uri: MLflow store of the trials' runs (their runs are ended KILLED when stale).
         max_retry: retries of a stale trial.
 
     Raises:
-        TuneError: a bad URL or heartbeat setting, or a database that cannot be reached.
+        TuneError: a bad URL, or a database that cannot be reached.
     """
     import optuna
 
@@ -146,18 +133,11 @@ def open_storage(
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise TuneError(f"--{name.replace('_', '-')} must be an integer >= 1 (seconds), got {value!r}")
-    if heartbeat_interval and grace_period and grace_period <= heartbeat_interval:
-        raise TuneError(f"--grace-period ({grace_period}) must exceed --heartbeat-interval ({heartbeat_interval})")
     engine_kwargs: dict[str, Any] = {}
     if kind == "sqlite":
-        from sqlalchemy.engine import make_url
-
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        database = sqlite_path(url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_wd.apps.tuning import storage as storage_mod
-from lightning_wd.apps.tuning.settings import Settings, make_pruner, make_sampler, resolve_settings
+from lightning_wd.apps.tuning.settings import Settings, make_pruner, make_sampler
 from lightning_wd.apps.tuning.space import TuneError
 from lightning_wd.core.messages import one_line
+from lightning_wd.tracking.uris import redact
 
 __all__ = ["tune"]
 
@@ -126,35 +127,34 @@ def _loop(study: Any, objective: Any, settings: Settings, target: int, progress:
         study.optimize(objective, n_trials=1, catch=catch, callbacks=[progress.finished])
 
 
-def _spawn(kwargs: dict, workers: int, parent_run_id: str) -> list:
-    """Start ``workers`` processes running the study (spawned: no state shared with this process)."""
+def _spawn(settings: Settings, parent_run_id: str) -> list:
+    """Start ``settings.workers`` processes running the study (spawned: no state shared with this process)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
+    worker_settings = settings.replace(workers=1, progress=False)
     processes = []
-    for index in range(1, workers + 1):
-        worker_kwargs = {**kwargs, "workers": 1, "progress": False, "_parent_run_id": parent_run_id,
-                         "_worker_index": index}
-        process = context.Process(target=_worker_main, args=(worker_kwargs,), name=f"lightning_wd-tune-{index}")
+    for index in range(1, settings.workers + 1):
+        process = context.Process(target=_worker_main, args=(worker_settings, index, parent_run_id),
+                                  name=f"lightning_wd-tune-{index}")
         process.start()
         processes.append(process)
     return processes
 
 
-def _worker_main(kwargs: dict) -> None:
+def _worker_main(settings: Settings, index: int, parent_run_id: str) -> None:
     """A worker process of ``--workers``: exit 0 done, 1 failed (one line on stderr), 130 interrupted."""
     try:
-        tune(**kwargs)
+        _run(settings, index, parent_run_id)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as error:
-        from lightning_wd.apps.errors import debug_enabled
+        from lightning_wd.apps.errors import debug_enabled, report_error
 
         if debug_enabled():
             raise
-        print(f"lightning-wd tune worker {kwargs.get('_worker_index')}: error: {type(error).__name__}: "
-              f"{one_line(error, 500)}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(report_error(f"lightning-wd tune worker {index}", f"{type(error).__name__}: {one_line(error, 500)}",
+                              code=1))
 
 
 def _supervise(study: Any, processes: Sequence, progress: _Progress) -> None:
@@ -235,99 +235,58 @@ def _finish(study: Any, settings: Settings, record: Any, progress: _Progress) ->
     return metrics, params, artifacts
 
 
-def tune(
-    config: str | Path | Mapping,
-    n_trials: int | None = None,
-    *,
-    timeout: float | None = None,
-    study_name: str | None = None,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    experiment: str | None = None,
-    sampler: str | Any = None,
-    pruner: str | Any = None,
-    objectives: str | Sequence[str] | None = None,
-    metric: str | None = None,
-    direction: str | None = None,
-    seed: int | None = None,
-    overrides: Sequence[str] = (),
-    out: str | Path | None = None,
-    workers: int | None = None,
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
-    space: Mapping | None = None,
-    progress: bool = True,
-    _parent_run_id: str | None = None,
-    _worker_index: int = 0,
-) -> Any:
+def tune(config: str | os.PathLike | Mapping | Settings, n_trials: int | None = None, **options: Any) -> Any:
     """Run or resume the Optuna study over the weight decay of a recipe; returns the ``optuna.Study``.
 
-    Every trial is an ordinary fit of the recipe through the project's LightningCLI, with the sampled decay
-    set on its WeightDecay callback, logged to an MLflow child run of the study's parent run. Arguments left
-    None come from the recipe's ``tune:`` section, else the defaults.
+    Every trial is an ordinary fit of the recipe through the recipe runner (as ``lightning-wd fit``), with
+    the sampled decay set on its WeightDecay callback, logged to an MLflow child run of the study's parent
+    run. Options left out come from the recipe's ``tune:`` section, else the defaults.
 
     Args:
-        config: the recipe (a YAML path or a dict).
-        n_trials: the study's target number of finished (COMPLETE + PRUNED) trials; a resumed study runs
-            only the missing ones.
-        timeout: no trial starts after this many seconds.
-        study_name: default: the recipe's file name (plus the objectives when several).
-        storage: Optuna storage URL (default ``sqlite:///mlruns/optuna.db``; ``postgresql+psycopg2://...``
-            for several workers; ``journal:PATH``).
-        tracking_uri: MLflow tracking URI (default: the recipe's ``tracking_uri``, ``MLFLOW_TRACKING_URI``,
-            ``sqlite:///mlruns/mlflow.db``).
-        experiment: MLflow experiment (default: the recipe's ``experiment``, else ``lightning_wd``).
-        sampler: ``tpe`` (default), ``random``, ``grid``, ``nsga2`` (default with two objectives), or a sampler.
-        pruner: ``median`` (default), ``hyperband``, ``none`` (default with two objectives), or a pruner.
-        objectives: ``accuracy`` (the metric, default) and/or ``sparsity`` (minimise ``wd/nonzero_fraction``).
-        metric: the monitored metric (default ``val/acc``).
-        direction: ``maximize`` or ``minimize`` (default: minimize for a metric named like a loss or error).
-        seed: sampler seed (worker ``i`` uses ``seed + i``), and ``seed_everything`` of recipes without one.
-        overrides: LightningCLI arguments given to every trial after the recipe, e.g. ``["--trainer.max_epochs", "3"]``.
-        out: folder of ``best.yaml``, plots and tables (default ``<storage folder>/studies/<study>``).
-        workers: with N > 1, start N worker processes on this machine that run trials together (this process
-            only supervises them and writes the results); needs a non-SQLite storage.
-        heartbeat_interval: seconds between heartbeats of a running trial (RDB storages; default 60).
-        grace_period: seconds without heartbeat after which a trial is failed and retried once (default 180).
-        space: the search space (default: the recipe's ``tune.space``).
-        progress: show the study's progress bar.
+        config: the recipe (a YAML path, the name of a shipped recipe, or a dict), or :class:`Settings`
+            already resolved (then without other arguments).
+        n_trials: the study's target number of finished (COMPLETE + PRUNED) trials.
+        options: the other settings by name (``sampler="random"``, ``overrides=["--trainer.max_epochs", "3"]``,
+            ``workers=2``, ...): the attributes of :class:`~lightning_wd.apps.tuning.settings.Settings`.
 
     Returns:
         The study.
 
     Raises:
+        TypeError: an unknown option, or options given beside :class:`Settings`.
         TuneError: invalid arguments, recipe, space, or storage (``lightning-wd tune`` exits 2).
         KeyboardInterrupt: Ctrl-C; finished trials are kept, the interrupted trial is FAIL, every MLflow run
             of this invocation is ended (KILLED).
     """
+    if isinstance(config, Settings):
+        if n_trials is not None or options:
+            raise TypeError("tune(settings) takes no other arguments: use settings.replace(...)")
+        return _run(config)
+    return _run(Settings.resolve(config, n_trials=n_trials, **options))
+
+
+def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) -> Any:
+    """The study of ``settings``, in the invoking process (``worker`` 0) or in worker process ``worker``."""
     import optuna
 
     from lightning_wd.apps.tuning.objective import NonFiniteTrial, Objective
     from lightning_wd.apps.tuning.record import StudyRecord
 
-    call = {k: v for k, v in locals().items() if k not in ("optuna", "NonFiniteTrial", "Objective", "StudyRecord")}
-    settings = resolve_settings(
-        config, n_trials=n_trials, timeout=timeout, study_name=study_name, storage=storage,
-        tracking_uri=tracking_uri, experiment=experiment, sampler=sampler, pruner=pruner, objectives=objectives,
-        metric=metric, direction=direction, seed=seed, overrides=overrides, out=out, workers=workers,
-        heartbeat_interval=heartbeat_interval, grace_period=grace_period, space=space,
-    )
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one summary line per trial instead
     # MLFlowLogger calls mlflow.set_tracking_uri, which also sets MLFLOW_TRACKING_URI: undo it when done
     tracking_env = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         grid = settings.sampler == "grid"
-        objective = Objective(settings.recipe, settings.space, settings.overrides, settings.metric,
-                              settings.objectives, None, grid=grid, seed=settings.seed, worker=_worker_index)
-        if _worker_index == 0:
+        objective = Objective(settings, worker=worker)
+        if worker == 0:
             objective.check()  # recipe and overrides: fail before any study or run is created
         record = objective.record = StudyRecord(settings.tracking_uri, settings.experiment, settings.study_name,
-                                                _parent_run_id)
+                                                parent_run_id)
         the_storage = storage_mod.open_storage(settings.storage, settings.heartbeat_interval,
                                                settings.grace_period, record.uri)
         study = optuna.create_study(
-            study_name=settings.study_name, storage=the_storage, sampler=make_sampler(settings, _worker_index),
+            study_name=settings.study_name, storage=the_storage, sampler=make_sampler(settings, worker),
             pruner=make_pruner(settings), directions=settings.directions, load_if_exists=True,
         )
         wanted = [d.upper() for d in settings.directions]
@@ -335,7 +294,7 @@ def tune(
             raise TuneError(f"study {settings.study_name!r} exists with directions "
                             f"{[d.name.lower() for d in study.directions]}, not {settings.directions}: "
                             "choose another --study-name")
-        if _worker_index == 0:
+        if worker == 0:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(settings.names)
@@ -345,23 +304,22 @@ def tune(
         target = _target(settings)
         counts = storage_mod.counts(study)
         done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        bar = _Progress(target, done, settings.study_name, progress and _worker_index == 0, settings.names)
+        bar = _Progress(target, done, settings.study_name, settings.progress and worker == 0, settings.names)
         objective.on_trial_start = bar.started
-        if _worker_index == 0:
+        if worker == 0:
             note = f" (grid of {target} points)" if grid and target < settings.n_trials else ""
             bar.message(f"study {settings.study_name}: {done} of {target} trials finished{note}"
                         + (f", {counts.get('FAIL', 0)} failed" if counts.get("FAIL") else "")
-                        + f"; storage {storage_mod.redact(settings.storage)}")
+                        + f"; storage {redact(settings.storage)}")
         record.start(settings.describe())
         processes: list = []
         try:
-            if settings.workers > 1 and _worker_index == 0:  # this process supervises, the workers run trials
-                processes = _spawn({**call, "config": config, "tracking_uri": record.uri}, settings.workers,
-                                   record.parent_run_id)
+            if settings.workers > 1 and worker == 0:  # this process supervises, the workers run trials
+                processes = _spawn(settings.replace(tracking_uri=record.uri), record.parent_run_id)
                 _supervise(study, processes, bar)
             else:
                 _loop(study, objective, settings, target, bar, catch=(NonFiniteTrial,))
-            metrics, params, artifacts = ({}, {}, []) if _worker_index else _finish(study, settings, record, bar)
+            metrics, params, artifacts = ({}, {}, []) if worker else _finish(study, settings, record, bar)
         except KeyboardInterrupt:
             _stop_workers(processes, interrupt=True)
             bar.close()

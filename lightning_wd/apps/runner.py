@@ -1,0 +1,309 @@
+"""The recipe runner: the project's LightningCLI on a recipe plus overrides, shared by fit, tune and report.
+
+``lightning-wd fit`` builds and runs it; a tuning trial builds it with its sampled recipe (a dict), its
+MLflow child-run logger and its pruning callback passed in; the report builds one per (setting, seed) with
+its epoch recorder. Defaults everywhere: any LightningModule/LightningDataModule by ``class_path``, seed 0,
+checkpoints under ``checkpoints/``, an MLflow logger unless ``trainer.logger`` is set (or a logger is passed
+in), the decay and the resolved config recorded in the MLflow run, and every configuration error raised as
+:class:`~lightning_wd.apps.errors.ConfigError` with a one-line message (``LIGHTNING_WD_DEBUG=1``: the
+original error). Lightning is imported when a CLI is built, not when this module is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from lightning_wd.apps.errors import ConfigError, debug_enabled
+from lightning_wd.core.messages import one_line
+from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+
+__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "describe"]
+
+PROG = "lightning-wd"
+#: ``logger=DEFAULT_LOGGER``: MLflow unless the recipe sets ``trainer.logger`` (or ``fast_dev_run``)
+DEFAULT_LOGGER = "default"
+_SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+#: Lines of jsonargparse's union reports that describe the attempt rather than the problem.
+NOISE = ("Subtypes:", "Given value", "Subclass types expect", "- a class path", "- a dict with",
+         "- a dict without", "Not a valid subclass", "Errors:")
+_KEY = re.compile(r'^\s*Parser key "([^"]+)":?\s*')
+_CLASS_PATH = re.compile(r"""class_path['"]?\s*[:=]\s*['"]([\w.]+)['"]""")
+_QUIET = ("lightning.pytorch", "lightning.fabric", "lightning_wd")
+
+
+def describe(message: str, cause: BaseException | None = None) -> str:
+    r"""One line for a jsonargparse error: the keys it went through, the class, and the innermost reason.
+
+    jsonargparse chains its errors (``__cause__``) from the outer key (``trainer.callbacks``) down to the
+    rejected value (``Option 'weight_decy' is not accepted``, or a ``ValueError`` of the class itself).
+
+    Args:
+        message: the outermost message.
+        cause: the exception behind it, if any.
+
+    Example:
+        >>> describe('Parser key "model":\n  Option "hiden" is not accepted')
+        'model: Option "hiden" is not accepted'
+    """
+    messages = [str(message)]
+    seen_ids = set()
+    while cause is not None and id(cause) not in seen_ids:
+        seen_ids.add(id(cause))
+        messages.append(str(cause))
+        cause = cause.__cause__
+    keys: list[str] = []
+    classes: list[str] = []
+    for text in messages:
+        match = _KEY.match(text)
+        if match and match.group(1) not in keys:
+            keys.append(match.group(1))
+        for name in _CLASS_PATH.findall(text):
+            if name not in classes:
+                classes.append(name)
+    innermost = messages[-1]
+    while (match := _KEY.match(innermost)) is not None:
+        innermost = innermost[match.end():]
+    detail = one_line(innermost, noise=NOISE)
+    where = ".".join(keys)
+    if len(classes) == 1:
+        where = f"{where} ({classes[0]})" if where else classes[0]
+    return f"{where}: {detail}" if where else detail
+
+
+class _HeldLogs(logging.Filter):
+    """Hold back log records (Lightning's "Seed set to 0") until the configuration is known to be good.
+
+    A bad configuration then prints exactly one line; a good one prints the held records afterwards.
+    """
+
+    def __init__(self, names: tuple[str, ...] = ("lightning.fabric.utilities.seed",)) -> None:
+        super().__init__()
+        self.loggers = [logging.getLogger(name) for name in names]
+        self.records: list[logging.LogRecord] = []
+        for logger in self.loggers:
+            logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def release(self, emit: bool = True) -> None:
+        """Stop holding; emit the held records (``emit=True``) or drop them."""
+        for logger in self.loggers:
+            logger.removeFilter(self)
+        records, self.records = self.records, []
+        if emit:
+            for record in records:
+                logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Lightning's and this package's info lines off while building (warnings and errors still show)."""
+    loggers = [logging.getLogger(name) for name in _QUIET] if enabled else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _cli_classes():
+    """Define the LightningCLI subclasses (imports lightning, so only when a CLI is built)."""
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    class OneLineErrorParser(LightningArgumentParser):
+        """A parser whose errors raise :class:`ConfigError` instead of printing usage and exiting."""
+
+        def error(self, message: str, ex: Exception | None = None):  # noqa: D401
+            if debug_enabled():
+                return super().error(message, ex)
+            raise ConfigError(describe(message, ex)) from ex
+
+    class WeightDecayCLI(LightningCLI):
+        """LightningCLI with MLflow logging by default and configuration errors as :class:`ConfigError`.
+
+        Args:
+            logger: ``DEFAULT_LOGGER``, or the logger every trainer gets instead of the recipe's
+                (``False``: none).
+            held_logs: log records held back until the configuration is known to be good.
+        """
+
+        def __init__(self, *args: Any, logger: Any = DEFAULT_LOGGER, held_logs: _HeldLogs | None = None,
+                     **kwargs: Any) -> None:
+            self._given_logger = logger
+            self._held_logs = held_logs
+            super().__init__(*args, **kwargs)
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.add_argument("--tracking_uri", type=str | None, default=None,
+                                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                     f"{DEFAULT_TRACKING_URI}); used unless trainer.logger is set")
+            parser.add_argument("--experiment", type=str, default=DEFAULT_EXPERIMENT,
+                                help="MLflow experiment name")
+            parser.add_argument("--run_name", type=str | None, default=None, help="MLflow run name")
+            parser.add_argument("--num_threads", type=int | None, default=None,
+                                help="torch intra-op CPU threads (torch.set_num_threads); tiny models on CPU "
+                                     "train fastest with 1, and much faster than with contended threads")
+            parser.add_argument("--tune", type=dict[str, Any] | None, default=None,
+                                help="settings read by `lightning-wd tune`; ignored by fit, validate, test")
+
+        def before_instantiate_classes(self) -> None:
+            threads = self._get(self.config, "num_threads")
+            if threads is not None:
+                if threads < 1:
+                    raise ConfigError(f"num_threads: must be >= 1, got {threads}")
+                import torch
+
+                torch.set_num_threads(threads)
+            ckpt = self._get(self.config, "ckpt_path")
+            if isinstance(ckpt, str) and ckpt not in _SPECIAL_CKPT and "://" not in ckpt \
+                    and not os.path.isfile(ckpt):
+                raise ConfigError(f"checkpoint not found: {ckpt}")
+
+        def instantiate_classes(self) -> None:
+            if debug_enabled():
+                return super().instantiate_classes()
+            try:
+                super().instantiate_classes()
+            except ConfigError:
+                raise
+            except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError,
+                    MisconfigurationException) as exc:
+                raise ConfigError(f"invalid configuration: {describe(str(exc), exc.__cause__)}") from exc
+
+        def instantiate_trainer(self, **kwargs: Any):
+            if self._given_logger is not DEFAULT_LOGGER:
+                kwargs["logger"] = self._given_logger
+            else:
+                trainer_config = self._get(self.config, "trainer") or {}
+                if "logger" not in kwargs and trainer_config.get("logger") is None \
+                        and not trainer_config.get("fast_dev_run"):
+                    kwargs["logger"] = self._mlflow_logger()
+            return super().instantiate_trainer(**kwargs)
+
+        def _mlflow_logger(self):
+            from lightning_wd import tracking
+
+            ckpt = self._get(self.config, "ckpt_path")
+            try:
+                run_id = tracking.run_id_from_checkpoint(ckpt) if ckpt and os.path.isfile(ckpt) else None
+                return tracking.mlflow_logger(experiment_name=self._get(self.config, "experiment"),
+                                              tracking_uri=self._get(self.config, "tracking_uri"),
+                                              run_name=self._get(self.config, "run_name"), run_id=run_id)
+            except (tracking.TrackingUnavailable, ValueError) as exc:
+                raise ConfigError(one_line(exc)) from exc
+
+        def after_instantiate_classes(self) -> None:
+            """Record the decay and the resolved config in the MLflow run (instead of SaveConfigCallback).
+
+            LightningCLI's SaveConfigCallback asserts on a log directory that SQLite and server MLflow
+            loggers do not have (Lightning issue #19441), so the config goes to the run as an artifact.
+            """
+            if self._held_logs is not None:
+                self._held_logs.release()
+            if not any(isinstance(lg, MLFlowLogger) for lg in self.trainer.loggers):
+                return
+            from lightning_wd import tracking
+
+            if not any(isinstance(cb, tracking.MLflowRecord) for cb in self.trainer.callbacks):
+                self.trainer.callbacks.append(tracking.MLflowRecord())
+            config = self.config.get(str(self.subcommand), self.config)
+            text = self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False)
+            tracking.log_config(self.trainer, text)
+
+    return WeightDecayCLI, OneLineErrorParser
+
+
+def _config_argument(config: Any) -> str:
+    """``--config``'s value for a recipe: a path, a shipped recipe's name, or a mapping (as inline YAML)."""
+    if isinstance(config, Mapping):
+        import yaml
+
+        return yaml.safe_dump(dict(config), sort_keys=False)
+    from lightning_wd.apps.recipes import resolve_recipe
+
+    try:
+        return str(resolve_recipe(config))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _with_dashes_normalised(args: Sequence[str]) -> list[str]:
+    """Dashed spellings of our options (``--tracking-uri``) to LightningCLI's underscored ones."""
+    aliases = {"--tracking-uri": "--tracking_uri", "--run-name": "--run_name", "--ckpt-path": "--ckpt_path",
+               "--print-config": "--print_config"}
+    out = []
+    for arg in args:
+        name, eq, value = str(arg).partition("=")
+        out.append(aliases[name] + eq + value if name in aliases else str(arg))
+    return out
+
+
+def build_cli(config: str | os.PathLike | Mapping | None = None, overrides: Sequence[str] = (), *,
+              subcommand: str | None = None, logger: Any = DEFAULT_LOGGER, callbacks: Sequence[Any] = (),
+              quiet: bool = False, **options: Any):
+    """Build the project's LightningCLI on a recipe and command-line style overrides; run it with ``subcommand``.
+
+    Args:
+        config: the recipe: a YAML path, the name of a shipped recipe (``mnist1d_mlp``), a mapping (a
+            recipe already loaded, e.g. a trial's sampled one), or None (everything in ``overrides``).
+        overrides: LightningCLI arguments after the recipe, e.g. ``["--trainer.max_epochs", "3"]``.
+        subcommand: ``fit``, ``validate`` or ``test`` to run it; None only builds (``run=False``).
+        logger: the logger of the trainer instead of the recipe's (``False``: none); by default MLflow
+            unless the recipe sets ``trainer.logger``.
+        callbacks: callbacks added to the recipe's (a trial's pruning monitor, the report's recorder).
+        quiet: keep Lightning's info lines out while building (a configuration check).
+        options: overrides of the :class:`~lightning.pytorch.cli.LightningCLI` arguments.
+
+    Returns:
+        The CLI object (``.trainer``, ``.model``, ``.datamodule``, ``.config``).
+
+    Raises:
+        ConfigError: the recipe is missing or the configuration is invalid (one-line message).
+
+    Example:
+        >>> build_cli("no_such_recipe")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_wd.apps.errors.ConfigError: config file not found: no_such_recipe (shipped recipes: ...)
+    """
+    args = [] if config is None else ["--config", _config_argument(config)]
+    args = _with_dashes_normalised([*args, *overrides])
+    if subcommand is not None:
+        args = [subcommand, *args]
+    cli_class, parser_class = _cli_classes()
+    defaults = dict(options.pop("trainer_defaults", None) or {})
+    defaults.setdefault("default_root_dir", "checkpoints")  # with a SQLite/server MLflow logger (no save_dir)
+    extra = defaults.get("callbacks") or []
+    defaults["callbacks"] = [*(extra if isinstance(extra, list) else [extra]), *callbacks]
+    kwargs: dict[str, Any] = {
+        "model_class": None, "datamodule_class": None, "subclass_mode_model": True, "subclass_mode_data": True,
+        "save_config_callback": None, "seed_everything_default": 0, "trainer_defaults": defaults,
+        "parser_class": parser_class, "parser_kwargs": {"prog": PROG}, "run": subcommand is not None,
+        **options,
+    }
+    saved = sys.argv
+    sys.argv = saved[:1]  # the arguments come in `args`: LightningCLI warns when sys.argv has them too
+    held = _HeldLogs()
+    try:
+        with _quiet(quiet):
+            cli = cli_class(args=args, logger=logger, held_logs=held, **kwargs)
+    except BaseException:
+        held.release(emit=False)
+        raise
+    finally:
+        sys.argv = saved
+    held.release()  # already done after instantiation; this covers a subclass that skips that hook
+    return cli
