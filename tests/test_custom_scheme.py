@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_wd.apps.tuning import SearchSpace, TuneError, tune
-from lightning_wd.apps.tuning.space import scheme_class, trial_recipe
+from lightning_wd.apps.tuning.recipe import scheme_class, trial_recipe
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))

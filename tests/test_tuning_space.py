@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from lightning_wd.apps.tuning import FloatRange, SearchSpace, Settings, TuneError, main
-from lightning_wd.apps.tuning.space import best_recipe, trial_recipe, wd_init_args
+from lightning_wd.apps.tuning.recipe import trial_recipe, wd_init_args
+from lightning_wd.apps.tuning.space import best_recipe
 from lightning_wd.core.schemes import SCHEMES
 
 TESTS = Path(__file__).parent

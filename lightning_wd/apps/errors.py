@@ -12,7 +12,7 @@ import sys
 
 from lightning_wd.core.messages import one_line
 
-__all__ = ["ConfigError", "OneLineParser", "UsageError", "debug_enabled", "report_error"]
+__all__ = ["ConfigError", "OneLineParser", "TuneError", "UsageError", "debug_enabled", "report_error"]
 
 DEBUG_VARIABLE = "LIGHTNING_WD_DEBUG"
 
@@ -23,6 +23,10 @@ class ConfigError(Exception):
 
 class UsageError(ValueError):
     """A bad command-line argument of a subcommand, reported as one line and exit code 2."""
+
+
+class TuneError(ValueError):
+    """A study that cannot run as asked: bad arguments, recipe or search space (``tune`` exits 2)."""
 
 
 class OneLineParser(argparse.ArgumentParser):

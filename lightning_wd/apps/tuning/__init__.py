@@ -23,9 +23,10 @@ Optuna, MLflow and Lightning are imported only when a study runs.
 
 from __future__ import annotations
 
+from lightning_wd.apps.errors import TuneError
 from lightning_wd.apps.tuning.command import main
 from lightning_wd.apps.tuning.settings import Settings
-from lightning_wd.apps.tuning.space import FloatRange, SearchSpace, TuneError
+from lightning_wd.apps.tuning.space import FloatRange, SearchSpace
 from lightning_wd.apps.tuning.study import tune
 
 __all__ = ["FloatRange", "SearchSpace", "Settings", "TuneError", "main", "tune"]

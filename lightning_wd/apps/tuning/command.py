@@ -6,8 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lightning_wd.apps.errors import OneLineParser, UsageError, debug_enabled, report_error
-from lightning_wd.apps.tuning.space import TuneError
+from lightning_wd.apps.errors import OneLineParser, TuneError, UsageError, debug_enabled, report_error
 from lightning_wd.apps.tuning.storage import DEFAULT_STORAGE
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import DEFAULT_TRACKING_URI
@@ -92,7 +91,7 @@ def split_overrides(extra: Sequence[str]) -> list[str]:
         >>> split_overrides(["--n-trails", "3"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        lightning_wd.apps.tuning.space.TuneError: unrecognized argument --n-trails (not an option of tune ...)
+        lightning_wd.apps.errors.TuneError: unrecognized argument --n-trails (not an option of tune ...)
     """
     out = list(extra)
     expect_key = True

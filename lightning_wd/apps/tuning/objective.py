@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from lightning_wd.apps.tuning.space import SPARSITY_KEY, TuneError, trial_recipe
+from lightning_wd.apps.errors import TuneError
+from lightning_wd.apps.tuning.recipe import trial_recipe
+from lightning_wd.apps.tuning.space import SPARSITY_KEY
 
 __all__ = ["SPARSITY_KEY", "NonFiniteTrial", "Objective", "TrialMonitor", "build_trial"]
 

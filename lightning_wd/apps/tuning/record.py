@@ -69,7 +69,7 @@ class StudyRecord:
                  parent_run_id: str | None = None) -> None:
         from mlflow import MlflowClient
 
-        from lightning_wd.apps.tuning.space import TuneError
+        from lightning_wd.apps.errors import TuneError
         from lightning_wd.tracking import uris
 
         uri = uris.resolve_tracking_uri(tracking_uri)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_wd.apps.errors import TuneError
 from lightning_wd.apps.tuning import storage as storage_mod
-from lightning_wd.apps.tuning.space import SPARSITY_KEY, SearchSpace, TuneError
+from lightning_wd.apps.tuning.space import SPARSITY_KEY, SearchSpace
 from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, redact, sqlite_path
 
 __all__ = ["OBJECTIVES", "OPTIONS", "PRUNERS", "SAMPLERS", "TUNE_KEYS", "Settings", "load_recipe", "make_pruner",

@@ -1,7 +1,7 @@
-"""The search space of a study, declared in the recipe's ``tune:`` section, and the per-trial recipes.
+"""The search space of a study, declared in the recipe's ``tune:`` section.
 
-A recipe is a LightningCLI config (a dict loaded from YAML) whose ``trainer.callbacks`` holds a
-:class:`~lightning_wd.WeightDecay` entry. Its ``tune:`` section may declare ``space:`` with any of the
+The recipe (see :mod:`~lightning_wd.apps.tuning.recipe`) has one :class:`~lightning_wd.WeightDecay`
+entry; its ``tune:`` section may declare ``space:`` with any of the
 study parameters ``strength``, ``scheme``, ``l1_ratio``, ``final_strength``, ``timescale_epochs``:
 
 * a mapping ``{low: 1e-6, high: 1e-2, log: true, points: 16}`` (any key may be left out: the default
@@ -13,32 +13,31 @@ study parameters ``strength``, ``scheme``, ``l1_ratio``, ``final_strength``, ``t
   ``{class_path: mypkg.MyScheme}``); the recipe's WeightDecay may name its scheme either way too.
 
 Without a ``space`` the study tunes ``strength`` over the default range of the recipe's scheme: the
-``search_range`` the scheme declares. ``strength``
-is tuned unless it is fixed or ``timescale_epochs`` is tuned instead. When ``scheme`` is categorical and the
-strength range is not given, each scheme samples strength over its own range (the grid sampler uses their
-union); ``l1_ratio`` is then sampled only for ``elastic_net``.
+``search_range`` the scheme declares. ``strength`` is tuned unless it is fixed or ``timescale_epochs`` is
+tuned instead. When ``scheme`` is categorical and the strength range is not given, each scheme samples
+strength over its own range (the grid sampler uses their union); ``l1_ratio`` is then sampled only for the
+schemes it applies to.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "DEFAULT_GRID_POINTS",
-    "SPARSITY_KEY",
-    "STUDY_PARAMS",
-    "FloatRange",
-    "SearchSpace",
-    "TuneError",
-    "best_recipe",
-    "scheme_class",
-    "trial_recipe",
-    "wd_init_args",
-]
+from lightning_wd.apps.errors import TuneError
+from lightning_wd.apps.tuning.recipe import (
+    DEFAULT_SCHEME,
+    l1_ratio_schemes,
+    scheme_class,
+    scheme_label,
+    trial_recipe,
+    wd_init_args,
+    wd_scheme_value,
+)
+
+__all__ = ["DEFAULT_GRID_POINTS", "SPARSITY_KEY", "STUDY_PARAMS", "FloatRange", "SearchSpace", "best_recipe"]
 
 STUDY_PARAMS = ("strength", "scheme", "l1_ratio", "final_strength", "timescale_epochs")
 DEFAULT_GRID_POINTS = 16
@@ -47,13 +46,6 @@ _DEFAULTS = {  # low, high, log, grid points of the params whose range does not 
     "timescale_epochs": (1.0, 1000.0, True, DEFAULT_GRID_POINTS),
 }
 SPARSITY_KEY = "wd/nonzero_fraction"  # the statistic minimised by the ``sparsity`` objective
-_WD_NAME = "WeightDecay"
-_WD_CLASS_PATH = "lightning_wd.core.callback.WeightDecay"
-_DEFAULT_SCHEME = "decoupled"  # WeightDecay's scheme when it names none and has a strength
-
-
-class TuneError(ValueError):
-    """A study that cannot run as asked: bad arguments, recipe or search space (the CLI exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -151,127 +143,6 @@ def _parse_range(name: str, spec: Any, default: tuple[float, float, bool, int]) 
     raise TuneError(f"space.{name}: expected a mapping (low/high/log), a list, a number or true, got {spec!r}")
 
 
-def scheme_class(spec: Any) -> type:
-    """The :class:`~lightning_wd.core.schemes.Scheme` class of a scheme as a recipe gives it.
-
-    Args:
-        spec: a built-in name (``l1``), a class path (``mypkg.MyScheme``), a mapping with ``class_path``
-            (and ``init_args``), or a ``Scheme`` subclass or instance.
-
-    Raises:
-        TuneError: an unknown name, a class path that does not import, or a class that is not a Scheme.
-
-    Example:
-        >>> scheme_class("l2").search_range, scheme_class({"class_path": "lightning_wd.core.schemes.L1"}).name
-        ((1e-06, 0.01), 'l1')
-    """
-    import importlib
-
-    from lightning_wd.core.schemes import SCHEMES, Scheme
-
-    if isinstance(spec, Scheme):
-        return type(spec)
-    if isinstance(spec, type) and issubclass(spec, Scheme):
-        return spec
-    path = spec.get("class_path") if isinstance(spec, Mapping) else spec
-    if isinstance(path, str) and path in SCHEMES:
-        return SCHEMES[path]
-    if not isinstance(path, str) or "." not in path.strip("."):
-        raise TuneError(f"space.scheme: choose from {', '.join(SCHEMES)} or give a Scheme subclass by class path, "
-                        f"got {spec!r}")
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise TuneError(f"space.scheme: cannot import {path} ({error})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Scheme)):
-        raise TuneError(f"space.scheme: {path} is not a subclass of lightning_wd.core.schemes.Scheme")
-    return cls
-
-
-def _scheme_label(spec: Any) -> str:
-    """How a scheme is named in the space, in Optuna and in MLflow: its name, else its class path."""
-    from lightning_wd.core.schemes import SCHEMES
-
-    cls = scheme_class(spec)
-    if SCHEMES.get(getattr(cls, "name", None)) is cls:
-        return cls.name
-    if isinstance(spec, Mapping):
-        return str(spec["class_path"])
-    return spec if isinstance(spec, str) else f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _l1_ratio_schemes() -> list[str]:
-    """The built-in schemes whose strength is split by WeightDecay's ``l1_ratio``."""
-    import inspect
-
-    from lightning_wd.core.schemes import SCHEMES
-
-    return [n for n, cls in SCHEMES.items() if "l1_ratio" in inspect.signature(cls).parameters]
-
-
-def _wd_scheme_value(label: str) -> Any:
-    """A label as WeightDecay's ``scheme`` in a recipe: the name, or ``{class_path: ...}`` for a class."""
-    from lightning_wd.core.schemes import SCHEMES
-
-    return label if label in SCHEMES else {"class_path": label}
-
-
-def _wd_entries(recipe: Mapping) -> list[dict]:
-    callbacks = (recipe.get("trainer") or {}).get("callbacks") or []
-    if isinstance(callbacks, Mapping):
-        callbacks = [callbacks]
-    return [
-        c for c in callbacks
-        if isinstance(c, Mapping) and str(c.get("class_path", "")).rsplit(".", 1)[-1] == _WD_NAME
-    ]
-
-
-def wd_init_args(recipe: Mapping) -> dict:
-    """The ``init_args`` of the recipe's WeightDecay callback (``{}`` if it has none).
-
-    Raises:
-        TuneError: the recipe lists several WeightDecay callbacks.
-
-    Example:
-        >>> wd_init_args({"trainer": {"callbacks": [{"class_path": "lightning_wd.WeightDecay",
-        ...                                            "init_args": {"scheme": "l1"}}]}})
-        {'scheme': 'l1'}
-    """
-    entries = _wd_entries(recipe)
-    if len(entries) > 1:
-        raise TuneError("the recipe lists several WeightDecay callbacks; tuning needs exactly one")
-    return dict(entries[0].get("init_args") or {}) if entries else {}
-
-
-def trial_recipe(recipe: Mapping, wd_args: Mapping[str, Any]) -> dict:
-    """A copy of ``recipe`` without its ``tune:`` section and with ``wd_args`` set on its WeightDecay callback.
-
-    The callback is appended to ``trainer.callbacks`` if the recipe has none.
-
-    Example:
-        >>> r = trial_recipe({"tune": {"n_trials": 3}, "trainer": {"max_epochs": 1}}, {"strength": 0.1})
-        >>> sorted(r), r["trainer"]["callbacks"][0]["init_args"]
-        (['trainer'], {'strength': 0.1})
-    """
-    out = copy.deepcopy(dict(recipe))
-    out.pop("tune", None)
-    trainer = out.setdefault("trainer", {}) or {}
-    out["trainer"] = trainer
-    callbacks = trainer.get("callbacks") or []
-    if isinstance(callbacks, Mapping):
-        callbacks = [callbacks]
-    trainer["callbacks"] = callbacks
-    entries = _wd_entries(out)
-    if not entries:
-        entry = {"class_path": _WD_CLASS_PATH, "init_args": {}}
-        callbacks.append(entry)
-    else:
-        entry = entries[0]
-    entry["init_args"] = {**(entry.get("init_args") or {}), **dict(wd_args)}
-    return out
-
-
 @dataclass
 class SearchSpace:
     """What a study samples, and how a sample becomes the WeightDecay callback's arguments.
@@ -309,17 +180,17 @@ class SearchSpace:
             raise TuneError(f"tune.space: unknown parameter(s) {sorted(unknown)}; tunable: {', '.join(STUDY_PARAMS)}")
         base = wd_init_args(recipe)
         fixed: dict[str, Any] = {}
-        scheme_spec = space.get("scheme", base.get("scheme") or _DEFAULT_SCHEME)
+        scheme_spec = space.get("scheme", base.get("scheme") or DEFAULT_SCHEME)
         if isinstance(scheme_spec, Mapping) and "class_path" not in scheme_spec:
             scheme_spec = scheme_spec.get("choices")
         choices = list(scheme_spec) if isinstance(scheme_spec, (list, tuple)) else [scheme_spec]
         if not choices or scheme_spec is None:
             raise TuneError(f"space.scheme: expected a scheme or a list of schemes, got {scheme_spec!r}")
-        schemes = tuple(_scheme_label(c) for c in choices)
+        schemes = tuple(scheme_label(c) for c in choices)
         if len(set(schemes)) != len(schemes):
             raise TuneError(f"space.scheme: repeated choices in {list(schemes)}")
         if len(schemes) == 1 and "scheme" in space:
-            fixed["scheme"] = choices[0] if isinstance(choices[0], Mapping) else _wd_scheme_value(schemes[0])
+            fixed["scheme"] = choices[0] if isinstance(choices[0], Mapping) else wd_scheme_value(schemes[0])
         out = cls(schemes=schemes, fixed=fixed)
 
         ranges = [scheme_class(s).search_range for s in schemes]
@@ -345,8 +216,8 @@ class SearchSpace:
         if not out.names:
             raise TuneError("tune.space fixes every parameter: nothing to tune")
         if out.l1_ratio is not None:
-            if not set(schemes) & set(_l1_ratio_schemes()):
-                raise TuneError(f"space.l1_ratio applies to scheme {' or '.join(_l1_ratio_schemes())} only; "
+            if not set(schemes) & set(l1_ratio_schemes()):
+                raise TuneError(f"space.l1_ratio applies to scheme {' or '.join(l1_ratio_schemes())} only; "
                                 "add it to space.scheme")
             if not 0 <= out.l1_ratio.low <= out.l1_ratio.high <= 1:
                 raise TuneError("space.l1_ratio must lie in [0, 1]")
@@ -386,7 +257,7 @@ class SearchSpace:
         if self.strength is not None:
             r = self.strength_range(scheme, grid)
             params["strength"] = trial.suggest_float("strength", r.low, r.high, log=r.log)
-        if self.l1_ratio is not None and scheme in _l1_ratio_schemes():
+        if self.l1_ratio is not None and scheme in l1_ratio_schemes():
             r = self.l1_ratio
             params["l1_ratio"] = trial.suggest_float("l1_ratio", r.low, r.high, log=r.log)
         if self.final_strength is not None:
@@ -402,7 +273,7 @@ class SearchSpace:
         """
         if self.l1_ratio is not None and len(self.schemes) > 1:
             raise TuneError("the grid sampler needs an unconditional space: "
-                            f"with l1_ratio tuned, fix scheme: {' or '.join(_l1_ratio_schemes())}")
+                            f"with l1_ratio tuned, fix scheme: {' or '.join(l1_ratio_schemes())}")
         out: dict[str, list] = {}
         if len(self.schemes) > 1:
             out["scheme"] = list(self.schemes)
@@ -421,7 +292,7 @@ class SearchSpace:
         """
         args = {**self.fixed, **{k: v for k, v in params.items() if k in STUDY_PARAMS}}
         if isinstance(args.get("scheme"), str):
-            args["scheme"] = _wd_scheme_value(args["scheme"])
+            args["scheme"] = wd_scheme_value(args["scheme"])
         if "timescale_epochs" in args:
             args["strength"] = 0.0
         return args

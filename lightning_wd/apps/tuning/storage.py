@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning_wd.apps.tuning.space import TuneError
+from lightning_wd.apps.errors import TuneError
 from lightning_wd.tracking.uris import redact, sqlite_path
 
 __all__ = [

@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_wd.apps.errors import TuneError
 from lightning_wd.apps.tuning import storage as storage_mod
 from lightning_wd.apps.tuning.settings import Settings, make_pruner, make_sampler
-from lightning_wd.apps.tuning.space import TuneError
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import redact
 
