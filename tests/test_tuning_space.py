@@ -141,6 +141,30 @@ def test_sqlite_with_several_workers_is_refused_with_the_reason():
     Settings.resolve(recipe(), n_trials=2, workers=2, storage="journal:studies.log")
 
 
+def test_settings_are_one_frozen_object_validated_on_every_construction():
+    import dataclasses
+    import pickle
+
+    from lightning_wd.apps.tuning import tune
+
+    s = Settings.resolve(recipe(), n_trials=2, storage="journal:studies.log", overrides=["--trainer.max_epochs", "1"])
+    assert s.overrides == ("--trainer.max_epochs", "1") and s.objectives == ("accuracy",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.n_trials = 3
+    assert pickle.loads(pickle.dumps(s)) == s  # what a spawned worker receives
+    assert s.replace(workers=2).workers == 2
+    with pytest.raises(TuneError, match=r"--grace-period \(5\) must exceed --heartbeat-interval \(10\)"):
+        s.replace(heartbeat_interval=10, grace_period=5)
+    with pytest.raises(TuneError, match="--direction: maximize or minimize, got 'up'"):
+        s.replace(direction="up")
+    with pytest.raises(TuneError, match="--sampler: choose from tpe, random, grid, nsga2"):
+        s.replace(sampler="cmaes")
+    with pytest.raises(TypeError, match=r"unknown tuning option\(s\) \['n_trial'\]; allowed: n_trials"):
+        Settings.resolve(recipe(), n_trial=2)
+    with pytest.raises(TypeError, match="takes no other arguments"):
+        tune(s, n_trials=3)
+
+
 def _one_error_line(capsys) -> str:
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]

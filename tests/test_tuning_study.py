@@ -53,7 +53,7 @@ def basic(tmp_path_factory):
     return folder, path, study
 
 
-def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch):
+def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path):
     folder, _, study = basic
     monkeypatch.chdir(folder)
     assert states(study) == ["COMPLETE", "COMPLETE"]
@@ -75,6 +75,10 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch):
         assert len(c.get_metric_history(run.info.run_id, "val/acc")) == 2  # the Lightning curve, 2 epochs
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert list(trial.intermediate_values) == [0, 1]  # reported every validation
+        # the runner logged the trial's resolved config (sampled strength, no tune: section) into its run
+        config = yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+        assert config["trainer"]["callbacks"][0]["init_args"]["strength"] == pytest.approx(trial.params["strength"])
+        assert "tune" not in config or config["tune"] is None
     assert_no_run_left_running(c)
 
 
