@@ -1,7 +1,10 @@
-"""Run the benchmarks and write ``benchmarks/RESULTS.md``: ``python -m benchmarks.run [--only NAME ...]``.
+"""Run the benchmarks and write ``benchmarks/RESULTS.md``: ``python -m benchmarks.run [--only NAME ...] [--quick]``.
 
 Every figure is a ratio of timings taken in one process, the compared variants interleaved, medians of
 several repetitions. Nothing here is a test: targets are printed next to the figures, not asserted.
+Each section prints ``[k/n]`` and its expected duration (the last measured one, else an estimate for a
+2-core CPU) before it starts, and its time when done. ``--quick`` runs every module at the tiny sizes of
+its ``QUICK`` (what ``tests/test_benchmarks.py`` checks) and writes nothing: such figures are no results.
 """
 
 from __future__ import annotations
@@ -12,24 +15,30 @@ import importlib
 import json
 import os
 import platform
+import re
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+# name: (title, target, seconds of a full run on 2 CPU cores, used until a run records its own; measured
+# 2026-12-03 on a busy machine, tuning_efficiency estimated from its --quick run): about 17 min in all
 SECTIONS = {
     "step_overhead": ("1. Callback vs native decay inside a Lightning training step (AdamW)",
-                      "callback_ratio <= 1.01 (limit 1.00)"),
+                      "callback_ratio <= 1.01 (limit 1.00)", 300),
     "scheme_passes": ("2. Self-applied schemes: pass vs bare _foreach_mul_, whole step vs native AdamW step",
-                      "pass_vs_bare <= 1.5, step_vs_native <= 1.05"),
+                      "pass_vs_bare <= 1.5, step_vs_native <= 1.05", 60),
     "stats_cost": ("3. Statistics: one pass vs bare count_nonzero, share of training time at the interval",
-                   "share_at_interval <= 1 %"),
+                   "share_at_interval <= 1 %", 25),
     "scaling": ("4. Scaling with parameters and tensors (callback's per-step work vs the bare optimizer step)",
-                "overhead per tensor flat as tensors grow"),
+                "overhead per tensor flat as tensors grow", 60),
     "tuning_efficiency": ("5. Tuning: TPE + median pruning vs a 16-point strength grid (MNIST-1D MLP)",
-                          "<= 30 % of the grid's epochs"),
-    "import_time": ("6. import time beyond `import lightning`", "<= 0.3 s"),
+                          "<= 30 % of the grid's epochs", 480),
+    "import_time": ("6. import time beyond `import lightning`", "<= 0.3 s", 60),
+    "drop_in": ("7. Drop-in: one AdamW step, callback's default path (groups kept) and opt-in split vs hand-built "
+                "groups", "no target stated; README quotes these ratios", 30),
 }
 
 
@@ -49,38 +58,79 @@ def _machine() -> str:
             f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def expected_seconds(name: str, results: dict) -> float:
+    """The section's last measured full-run time, else its estimate."""
+    return results.get(name, {}).get("seconds") or SECTIONS[name][2]
+
+
+def _recorded_sections(path: Path) -> dict[str, str]:
+    """The ``## title`` sections of an existing RESULTS.md, kept for the sections no run recorded here
+    (``benchmarks/out/`` is not committed: on a fresh clone ``--only`` must not drop the other sections)."""
+    if not path.exists():
+        return {}
+    parts = re.split(r"^## ", path.read_text(), flags=re.MULTILINE)[1:]
+    return {part.splitlines()[0]: "## " + part.rstrip("\n") + "\n" for part in parts}
+
+
+def _render(results: dict, out: Path) -> None:
+    old = _recorded_sections(out)
+    lines = ["# Benchmark results", "",
+             "Produced by `make bench` (`python -m benchmarks.run`); each section records the machine, date and "
+             "command of its last run. Ratios compare variants timed in one process, interleaved, medians of "
+             "repetitions.", ""]
+    for name, (title, target, _) in SECTIONS.items():
+        if name in results:
+            r = results[name]
+            lines += [f"## {title}", "", f"Target: {target}. Measured {r['date']} on {r['machine']}; "
+                      f"command `{r['command'].strip()}`.", "", _table(r["rows"]), ""]
+        elif title in old:
+            lines += [old[title]]
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    out.write_text("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), default=None)
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from the last results")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that every module runs; "
+                        "writes nothing")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     names = [] if args.render_only else args.only or list(SECTIONS)
     results_path = HERE / "out" / "results.json"
-    results_path.parent.mkdir(exist_ok=True)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in names:
-        print(f"== {SECTIONS[name][0]}", flush=True)
-        rows = importlib.import_module(f"benchmarks.{name}").run()
-        results[name] = {"rows": rows, "date": datetime.date.today().isoformat(), "machine": _machine(),
-                         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:])}
+    if names:
+        total = "" if args.quick else f", expected about {_duration(sum(expected_seconds(n, results) for n in names))}"
+        print(f"benchmarks: {len(names)} section(s){' at tiny sizes (--quick), writing nothing' if args.quick else ''}"
+              f"{total} (each one's expected time: its last full run, else an estimate for 2 CPU cores)", flush=True)
+    for k, name in enumerate(names, 1):
+        module = importlib.import_module(f"benchmarks.{name}")
+        expected = "" if args.quick else f", expected {_duration(expected_seconds(name, results))}"
+        print(f"== [{k}/{len(names)}] {name}: {SECTIONS[name][0]}{expected}", flush=True)
+        start = time.perf_counter()
+        rows = module.run(**module.QUICK) if args.quick else module.run()
+        seconds = time.perf_counter() - start
         print(_table(rows), flush=True)
-        results_path.write_text(json.dumps(results, indent=1))
-    lines = ["# Benchmark results", "",
-             "Produced by `make bench` (`python -m benchmarks.run`); each section records the machine, date and "
-             "command of its last run. Ratios compare variants timed in one process, interleaved, medians of "
-             "repetitions.", ""]
-    for name, (title, target) in SECTIONS.items():
-        if name not in results:
+        print(f"== [{k}/{len(names)}] {name} done in {_duration(seconds)}", flush=True)
+        if args.quick:
             continue
-        r = results[name]
-        lines += [f"## {title}", "", f"Target: {target}. Measured {r['date']} on {r['machine']}; "
-                  f"command `{r['command'].strip()}`.", "", _table(r["rows"]), ""]
-    notes = HERE / "NOTES.md"
-    if notes.exists():
-        lines += [notes.read_text()]
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+        results[name] = {"rows": rows, "date": datetime.date.today().isoformat(), "machine": _machine(),
+                         "command": "python -m benchmarks.run " + " ".join(argv), "seconds": seconds}
+        results_path.parent.mkdir(exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1))
+    if not args.quick:
+        _render(results, Path(args.out))
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -17,6 +17,9 @@ def tensors(kind: str) -> list[torch.Tensor]:
     return [torch.randn(16, 16) for _ in range(240)]
 
 
+QUICK = {"repeats": 1, "number": 1}  # the smoke test's sizes (tests/test_benchmarks.py, --quick)
+
+
 def run(repeats: int = 5, number: int = 10) -> list[dict]:
     rows = []
     for kind in ("4 x 1024^2", "240 small tensors"):

@@ -8,6 +8,8 @@ from benchmarks.common import interleaved
 from benchmarks.step_overhead import SHAPES
 from lightning_wd.core.stats import weight_stats
 
+QUICK = {"repeats": 1, "number": 1}  # the smoke test's sizes (tests/test_benchmarks.py, --quick)
+
 
 def run(interval: int = 50, repeats: int = 7, number: int = 10) -> list[dict]:
     rows = []

@@ -76,6 +76,9 @@ def _fit(build, input_shape, mode: str, impl: str, steps: int) -> list[float]:
     return timer.times
 
 
+QUICK = {"steps": StepTimer().skip + 1, "repeats": 1}  # the smoke test's sizes (one timed step per fit)
+
+
 def run(steps: int = 60, repeats: int = 5) -> list[dict]:
     """Median step time: native AdamW groups vs the callback (native regroup) vs the callback self-applying."""
     rows = []

@@ -22,6 +22,9 @@ def _epochs(trial) -> int:
     return len(trial.intermediate_values)
 
 
+QUICK = {"seeds": (0,), "epochs": 1, "grid_points": 2, "tpe_trials": 2}  # the smoke test's sizes
+
+
 def run(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 15, grid_points: int = 16, tpe_trials: int = 16,
         tolerance: float = 0.005) -> list[dict]:
     from lightning_wd.apps.tuning import tune
@@ -35,8 +38,9 @@ def run(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 15, grid_points: int =
         grid_trials = _complete(grid)
         grid_epochs = sum(_epochs(t) for t in grid_trials)
         grid_best = max(t.value for t in grid_trials if t.value is not None)
-        rows.append({"study": "grid (16 points)", "seed": "-", "trials": len(grid_trials), "epochs": grid_epochs,
-                     "best_val_acc": grid_best, "epochs_to_target": grid_epochs, "share_of_grid": 1.0})
+        rows.append({"study": f"grid ({grid_points} points)", "seed": "-", "trials": len(grid_trials),
+                     "epochs": grid_epochs, "best_val_acc": grid_best, "epochs_to_target": grid_epochs,
+                     "share_of_grid": 1.0})
         shares = []
         for seed in seeds:
             study = tune(RECIPE, tpe_trials, sampler="tpe", pruner="median", seed=seed,

@@ -9,7 +9,8 @@ not be imported by ``core``; ``optuna`` not by ``tracking``.
 
 Run from anywhere::
 
-    python scripts/check_layers.py          # prints the layer of each module, exits 1 on a violation
+    python scripts/check_layers.py          # prints each violation and a summary line, exits 1 on a violation
+    python scripts/check_layers.py ROOT     # checks ROOT/lightning_wd instead (tests feed it a broken package)
 """
 
 from __future__ import annotations
@@ -112,8 +113,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def main() -> int:
-    root = Path(__file__).resolve().parents[1]
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(args[0]).resolve() if args else Path(__file__).resolve().parents[1]
+    if not (root / PACKAGE).is_dir():
+        print(f"check_layers: no {PACKAGE}/ package under {root}", file=sys.stderr)
+        return 2
     problems = check(root)
     for problem in problems:
         print(problem)

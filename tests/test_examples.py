@@ -25,18 +25,15 @@ from lightning_wd.examples import data as data_module
 SMALL = {"num_train": 90, "num_test": 30}
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture
+def fit_one_batch(quiet_trainer):
+    """``fit_one_batch(model, datamodule) -> trainer``: one training and one validation batch, decay 0.1."""
+    def fit_one_batch(model, datamodule) -> Trainer:
+        trainer = quiet_trainer([lightning_wd.WeightDecay(strength=0.1, print_audit=False)], fast_dev_run=1)
+        trainer.fit(model, datamodule=datamodule)
+        return trainer
 
-
-def _fit_one_batch(model, datamodule, **callback_args) -> Trainer:
-    trainer = Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[lightning_wd.WeightDecay(strength=0.1, print_audit=False, **callback_args)])
-    trainer.fit(model, datamodule=datamodule)
-    return trainer
+    return fit_one_batch
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -160,26 +157,26 @@ def test_models_contain_the_layers_decay_rules_care_about():
     ],
     ids=["mlp", "bn-mlp-digits", "cnn", "transformer"],
 )
-def test_one_batch_fit_with_weight_decay(make_model, make_data):
+def test_one_batch_fit_with_weight_decay(fit_one_batch, make_model, make_data):
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = _fit_one_batch(model, make_data())
+    trainer = fit_one_batch(model, make_data())
     assert {"train/loss", "val/loss", "val/acc"} <= set(trainer.callback_metrics)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("scheduler", ["cosine", "step", "onecycle"])
-def test_lr_schedulers(scheduler):
+def test_lr_schedulers(fit_one_batch, scheduler):
     model = MLP(hidden=(8,), lr_scheduler=scheduler)
-    trainer = _fit_one_batch(model, MNIST1DDataModule(batch_size=30, disk_cache=False, **SMALL))
+    trainer = fit_one_batch(model, MNIST1DDataModule(batch_size=30, disk_cache=False, **SMALL))
     assert len(trainer.lr_scheduler_configs) == 1
     interval = trainer.lr_scheduler_configs[0].interval
     assert interval == ("epoch" if scheduler == "step" else "step")
 
 
-def test_test_step_logs_test_metrics():
+def test_test_step_logs_test_metrics(quiet_trainer):
     model = MLP(hidden=(8,))
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=1)
+    trainer = quiet_trainer(limit_test_batches=1)
     trainer.test(model, datamodule=MNIST1DDataModule(batch_size=30, disk_cache=False, **SMALL), verbose=False)
     assert {"test/loss", "test/acc"} <= set(trainer.callback_metrics)
 

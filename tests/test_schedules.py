@@ -155,39 +155,42 @@ class _ZeroGrad(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _fit(model, callback, n=8, batch_size=1, **kwargs):
-    data = DataLoader(TensorDataset(torch.zeros(n, 1, dtype=DT)), batch_size=batch_size)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback], accelerator="cpu", **kwargs)
-    trainer.fit(model, data)
-    return trainer
+@pytest.fixture
+def fit(quiet_trainer):
+    """``fit(model, callback, n=8, batch_size=1, **trainer_options)`` on ``n`` zero inputs (the data is unused)."""
+    def fit(model, callback, n=8, batch_size=1, **kwargs):
+        trainer = quiet_trainer([callback], **kwargs)
+        trainer.fit(model, DataLoader(TensorDataset(torch.zeros(n, 1, dtype=DT)), batch_size=batch_size))
+        return trainer
+
+    return fit
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 @pytest.mark.parametrize("coupling", ["lr", "lr_ratio", "none", "corrected"])
-def test_lr_coupling_with_steplr(coupling, optimizer):
+def test_lr_coupling_with_steplr(fit, coupling, optimizer):
     lr0, lam, steps = 0.1, 0.5, 7
     model = _ZeroGrad(optimizer, lr0, scheduler=True)
     callback = WeightDecay(scheme="decoupled", strength=lam, lr_coupling=coupling, print_audit=False)
-    _fit(model, callback, max_steps=steps)
+    fit(model, callback, max_steps=steps)
     lrs = [lr0 * 0.5 ** (t // 2) for t in range(steps)]
     assert model.lrs == pytest.approx(lrs, rel=1e-15)
     for t, lr in enumerate(lrs):  # the callback docstring's rates
         rate = {"lr": lr * lam, "lr_ratio": lam * lr / lr0, "none": lam, "corrected": lam * lr**2 / lr0}[coupling]
         torch.testing.assert_close(model.trace[t + 1], model.trace[t] * (1 - rate), rtol=1e-13, atol=0)
     # AdamW decays natively except under "none" (its decay is always multiplied by lr)
-    assert callback._buckets[0][0].native == (optimizer == "adamw" and coupling != "none")
+    assert callback.decays[0].buckets[0].native == (optimizer == "adamw" and coupling != "none")
 
 
 @pytest.mark.parametrize("schedule", ["constant", "lr"])
-def test_timescale_epochs_derives_strength(schedule):
+def test_timescale_epochs_derives_strength(fit, schedule):
     lr, tau, n, epochs = 0.05, 3.0, 32, 2
     strengths = {}
     for batch_size in (8, 4):
         steps_per_epoch = n // batch_size
         model = _ZeroGrad("sgd", lr)
         callback = WeightDecay(scheme="decoupled", timescale_epochs=tau, schedule=schedule, print_audit=False)
-        _fit(model, callback, n=n, batch_size=batch_size, max_epochs=epochs)
+        fit(model, callback, n=n, batch_size=batch_size, max_epochs=epochs)
         lam = 1.0 / (lr * tau * steps_per_epoch)
         assert callback.current_strength() == pytest.approx(lam, rel=1e-14)
         assert callback.history[-1]["metrics"]["wd/strength"] == pytest.approx(lam, rel=1e-14)
@@ -198,10 +201,10 @@ def test_timescale_epochs_derives_strength(schedule):
     assert strengths[4] == pytest.approx(strengths[8] / 2, rel=1e-14)  # twice the steps per epoch: half lambda
 
 
-def test_schedule_rising_from_zero_strength_decays():
+def test_schedule_rising_from_zero_strength_decays(fit):
     model = _ZeroGrad("sgd", 0.1)
     callback = WeightDecay(scheme="decoupled", strength=0.0, schedule="linear", final_strength=1.0,
                            print_audit=False)
-    _fit(model, callback, max_steps=4)
+    fit(model, callback, max_steps=4)
     for t in range(4):  # strength_t = t / 4, rate = lr * strength_t
         torch.testing.assert_close(model.trace[t + 1], model.trace[t] * (1 - 0.1 * t / 4), rtol=1e-13, atol=0)

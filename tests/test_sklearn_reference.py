@@ -62,18 +62,24 @@ class _Linear(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)  # no momentum, no weight_decay
 
 
-def _fit(X, y, steps, **decay):
-    hessian = X.T @ X / len(X)  # the loss' Hessian in w (the intercept's block is 1: X is centred)
-    lipschitz = max(np.linalg.eigvalsh(hessian).max(), 1.0) + decay.pop("extra_curvature", 0.0)
-    model = _Linear(lr=1.0 / lipschitz)
-    callback = WeightDecay(print_audit=False, **decay)
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback], accelerator="cpu")
-    trainer.fit(model, DataLoader(_FullBatch(X, y, steps), batch_size=None))
-    assert trainer.global_step == steps
-    assert [b.names for b in callback._buckets[0]] == [["linear.weight"]]  # bias excluded
-    assert callback._buckets[0][0].native == (callback.native and callback.scheme.native == "coupled")
-    return model.linear.weight.detach().squeeze(0).numpy(), float(model.linear.bias.detach())
+@pytest.fixture
+def fit(quiet_trainer):
+    """``fit(X, y, steps, **weight_decay_args) -> (w, b)``: ``steps`` full-batch SGD steps at lr 1 / L."""
+    def fit(X, y, steps, **decay):
+        hessian = X.T @ X / len(X)  # the loss' Hessian in w (the intercept's block is 1: X is centred)
+        lipschitz = max(np.linalg.eigvalsh(hessian).max(), 1.0) + decay.pop("extra_curvature", 0.0)
+        model = _Linear(lr=1.0 / lipschitz)
+        callback = WeightDecay(print_audit=False, split_groups=decay.get("native", True), **decay)
+        trainer = quiet_trainer([callback], max_steps=steps)
+        trainer.fit(model, DataLoader(_FullBatch(X, y, steps), batch_size=None))
+        assert trainer.global_step == steps
+        buckets = callback.decays[0].buckets
+        assert [b.names for b in buckets] == [["linear.weight"]]  # bias excluded
+        native = callback.native and callback.scheme.native == "coupled"  # split into a homogeneous decay group
+        assert buckets[0].native == native and len(trainer.optimizers[0].param_groups) == (2 if native else 1)
+        return model.linear.weight.detach().squeeze(0).numpy(), float(model.linear.bias.detach())
+
+    return fit
 
 
 def _check(w, b, reference):
@@ -82,10 +88,10 @@ def _check(w, b, reference):
     assert b == pytest.approx(reference.intercept_, rel=1e-10, abs=1e-12)
 
 
-def test_l1_is_lasso(data):
+def test_l1_is_lasso(fit, data):
     X, y = data
     alpha = 0.1
-    w, b = _fit(X, y, steps=600, scheme="l1", strength=alpha)
+    w, b = fit(X, y, steps=600, scheme="l1", strength=alpha)
     lasso = Lasso(alpha=alpha, tol=1e-12, max_iter=100000).fit(X, y)
     _check(w, b, lasso)
     assert np.array_equal(w == 0, lasso.coef_ == 0)  # the same exact zeros
@@ -93,10 +99,10 @@ def test_l1_is_lasso(data):
 
 
 @pytest.mark.parametrize("l1_ratio", [0.3, 0.8])
-def test_elastic_net_is_sklearn_elastic_net(data, l1_ratio):
+def test_elastic_net_is_sklearn_elastic_net(fit, data, l1_ratio):
     X, y = data
     alpha = 0.15
-    w, b = _fit(X, y, steps=600, scheme="elastic_net", strength=alpha, l1_ratio=l1_ratio,
+    w, b = fit(X, y, steps=600, scheme="elastic_net", strength=alpha, l1_ratio=l1_ratio,
                 extra_curvature=alpha * (1 - l1_ratio))
     enet = ElasticNet(alpha=alpha, l1_ratio=l1_ratio, tol=1e-12, max_iter=100000).fit(X, y)
     _check(w, b, enet)
@@ -105,10 +111,10 @@ def test_elastic_net_is_sklearn_elastic_net(data, l1_ratio):
 
 
 @pytest.mark.parametrize("native", [True, False])  # SGD's own weight_decay, or the callback's pass
-def test_l2_is_ridge(data, native):
+def test_l2_is_ridge(fit, data, native):
     X, y = data
     a = 0.2
-    w, b = _fit(X, y, steps=600, scheme="l2", strength=a, extra_curvature=a, native=native)
+    w, b = fit(X, y, steps=600, scheme="l2", strength=a, extra_curvature=a, native=native)
     ridge = Ridge(alpha=N * a, tol=1e-12, max_iter=100000, solver="cholesky").fit(X, y)
     _check(w, b, ridge)
     assert np.abs(ridge.coef_).sum() < np.abs(np.linalg.lstsq(np.c_[X, np.ones(N)], y, rcond=None)[0][:-1]).sum()

@@ -9,9 +9,8 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from lit_net import float64  # noqa: F401  (fixture)
+from lit_net import Net, make_loader
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_wd.core.callback import WeightDecay
 from lightning_wd.core.stats import nonzero_counts, weight_stats
@@ -22,32 +21,16 @@ DECAYED = ("body.0.weight", "head.weight")  # the default rules' decayed tensors
 pytestmark = pytest.mark.usefixtures("float64")
 
 
-class Net(L.LightningModule):
-    def __init__(self, lr: float = 0.05) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-        self.lr = lr
+@pytest.fixture
+def fit(quiet_trainer, tiny_loader):
+    """``fit(callback, epochs=3, logger=False, **trainer_options) -> (model, trainer)``: 6 steps an epoch."""
+    def fit(cb: WeightDecay, epochs: int = 3, logger=False, **kwargs) -> tuple[Net, L.Trainer]:
+        trainer = quiet_trainer([cb], max_epochs=epochs, logger=logger, **kwargs)
+        model = Net(hidden=16)
+        trainer.fit(model, tiny_loader)
+        return model, trainer
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self.head(self.body(x)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def fit(cb: WeightDecay, epochs: int = 3, logger=False, **kwargs) -> tuple[Net, L.Trainer]:
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(48, 4, generator=g), torch.randint(0, 3, (48,), generator=g)
-    trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], **kwargs,
-    )
-    model = Net()
-    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False))  # 6 steps an epoch
-    return model, trainer
+    return fit
 
 
 def naive(model: nn.Module, names=DECAYED, tolerance: float = 0.0) -> tuple[float, float]:
@@ -63,7 +46,7 @@ def read_metrics(path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_logged_nonzero_fraction_equals_the_final_model(tmp_path):
+def test_logged_nonzero_fraction_equals_the_final_model(fit, tmp_path):
     cb = WeightDecay(scheme="l1", strength=0.5, print_audit=False, log_every_n_steps=5)
     model, _ = fit(cb, logger=CSVLogger(tmp_path, name="", version=""))
     rows = [r for r in read_metrics(tmp_path / "metrics.csv") if r.get("wd/nonzero_fraction")]
@@ -84,7 +67,7 @@ def test_logged_nonzero_fraction_equals_the_final_model(tmp_path):
     [("decoupled", set()), ("l1", {"wd/penalty"}), ("l2", {"wd/penalty"}),
      ("group_lasso", {"wd/penalty", "wd/dead_units"})],
 )
-def test_metric_names(scheme, extra):
+def test_metric_names(fit, scheme, extra):
     cb = WeightDecay(scheme=scheme, strength=0.1, print_audit=False)
     fit(cb, epochs=1)
     per_tensor = {f"wd/{kind}/{name}" for kind in ("nonzero_fraction", "weight_norm") for name in DECAYED}
@@ -94,7 +77,7 @@ def test_metric_names(scheme, extra):
     assert cb.history[-1]["metrics"]["wd/strength"] == 0.1
 
 
-def test_per_layer_stats_false_drops_the_per_tensor_keys():
+def test_per_layer_stats_false_drops_the_per_tensor_keys(fit):
     cb = WeightDecay(scheme="l1", strength=0.1, per_layer_stats=False, print_audit=False)
     fit(cb, epochs=1)
     assert set(cb.history[-1]["metrics"]) == {"wd/nonzero_fraction", "wd/weight_norm", "wd/strength", "wd/penalty"}
@@ -109,14 +92,14 @@ def test_per_layer_stats_false_drops_the_per_tensor_keys():
         (2, 50, 3, [2, 4, 6]),  # optimizer steps, not batches (accumulation), and never step 0
     ],
 )
-def test_stats_only_every_log_every_n_steps(every, trainer_every, accumulate, steps):
+def test_stats_only_every_log_every_n_steps(fit, every, trainer_every, accumulate, steps):
     cb = WeightDecay(strength=0.1, log_every_n_steps=every, print_audit=False)
     fit(cb, log_every_n_steps=trainer_every, accumulate_grad_batches=accumulate)
     assert [h["step"] for h in cb.history] == steps
     assert [h["epoch"] for h in cb.history][-1] == 2
 
 
-def test_zero_tolerance_counts_small_weights_as_zero():
+def test_zero_tolerance_counts_small_weights_as_zero(fit):
     cb = WeightDecay(strength=0.1, zero_tolerance=0.1, print_audit=False)
     model, _ = fit(cb, epochs=1)
     fraction, _ = naive(model, tolerance=0.1)
@@ -125,7 +108,7 @@ def test_zero_tolerance_counts_small_weights_as_zero():
     assert cb.compute_stats(model)["wd/nonzero_fraction"] == pytest.approx(fraction, rel=1e-15)
 
 
-def test_nothing_is_logged_off_rank_zero(tmp_path, monkeypatch):
+def test_nothing_is_logged_off_rank_zero(fit, tmp_path, monkeypatch):
     monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda self: False))
     cb = WeightDecay(strength=0.1, log_every_n_steps=1, print_audit=False)
     fit(cb, epochs=1, logger=CSVLogger(tmp_path, name="", version=""))
@@ -135,7 +118,7 @@ def test_nothing_is_logged_off_rank_zero(tmp_path, monkeypatch):
     assert not [k for row in rows for k in row if k.startswith("wd/")]
 
 
-def test_penalties_against_naive_values():
+def test_penalties_against_naive_values(fit):
     for scheme, strength in (("l1", 0.3), ("l2", 0.3), ("elastic_net", 0.3), ("group_lasso", 0.3)):
         cb = WeightDecay(scheme=scheme, strength=strength, print_audit=False, l1_ratio=0.25)
         model, _ = fit(cb, epochs=1)
@@ -186,18 +169,10 @@ def test_counts_are_exact_in_low_precision(dtype):
     assert weight_stats(["w"], [w * 1e-3], zero_tolerance=1e-2)["wd/nonzero_fraction"] == 0.0
 
 
-def test_stats_cover_only_tensors_an_optimizer_holds():
-    class HeadOnly(Net):
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.head.parameters(), lr=self.lr)
-
+def test_stats_cover_only_tensors_an_optimizer_holds(quiet_trainer):
     cb = WeightDecay(strength=0.1, print_audit=False)
-    g = torch.Generator().manual_seed(1)
-    data = DataLoader(TensorDataset(torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)),
-                      batch_size=8)
-    model = HeadOnly()
-    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, callbacks=[cb]).fit(model, data)
+    model = Net(lambda m: torch.optim.SGD(m.head.parameters(), lr=0.05), hidden=16)
+    quiet_trainer([cb]).fit(model, make_loader(n=16))
     metrics = cb.history[-1]["metrics"]
     assert "wd/weight_norm/head.weight" in metrics and "wd/weight_norm/body.0.weight" not in metrics
     assert metrics["wd/weight_norm"] == pytest.approx(naive(model, ["head.weight"])[1], rel=1e-12)
