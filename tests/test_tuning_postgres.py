@@ -79,8 +79,8 @@ def test_killed_worker_trial_fails_after_the_grace_period_and_is_retried_once(po
     time.sleep(1.5)  # mid-trial, heartbeats recorded
     worker.send_signal(signal.SIGKILL)
     worker.wait(30)
-    killed = running[0]
-    assert optuna.load_study(study_name="killed", storage=storage).trials[0].state.name == "RUNNING"
+    killed = optuna.load_study(study_name="killed", storage=storage).trials[0]  # read now: params sampled
+    assert killed.number == running[0].number and killed.state.name == "RUNNING" and killed.params
     time.sleep(3.5)  # the grace period passes
     study = tune(str(path), n_trials=1, storage=postgres_url, study_name="killed", heartbeat_interval=1,
                  grace_period=3, overrides=["--model.init_args.step_sleep", "0"], progress=False)
