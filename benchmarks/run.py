@@ -110,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     results_path = HERE / "out" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if names:
-        total = "" if args.quick else f", expected about {_duration(sum(expected_seconds(n, results) for n in names))}"
-        print(f"benchmarks: {len(names)} section(s){' at tiny sizes (--quick), writing nothing' if args.quick else ''}"
-              f"{total} (each one's expected time: its last full run, else an estimate for 2 CPU cores)", flush=True)
+        if args.quick:
+            print(f"benchmarks: {len(names)} section(s) at tiny sizes (--quick), writing nothing", flush=True)
+        else:
+            total = _duration(sum(expected_seconds(n, results) for n in names))
+            print(f"benchmarks: {len(names)} section(s), expected about {total} (each section's expected time: its "
+                  "last full run, else an estimate for 2 CPU cores)", flush=True)
     for k, name in enumerate(names, 1):
         module = importlib.import_module(f"benchmarks.{name}")
         expected = "" if args.quick else f", expected {_duration(expected_seconds(name, results))}"
