@@ -256,7 +256,7 @@ def test_fit_then_resume_keeps_the_mlflow_run(in_tmp):
     assert len(checkpoints) == 1
     assert main([*args[:-4], "--trainer.max_epochs", "2", "--ckpt_path", str(checkpoints[0])]) == 0
 
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(f"sqlite:///{in_tmp}/mlruns/mlflow.db")  # absolute: MLflow caches stores by URI
     experiment = client.get_experiment_by_name("resume")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].info.run_name == "first"
