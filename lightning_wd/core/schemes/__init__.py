@@ -19,6 +19,20 @@ __all__ = ["SCHEMES", "Cautious", "Decoupled", "ElasticNet", "GroupLasso", "L1",
            "get_scheme", "scheme_for_native"]
 
 
+def _import_scheme(path: str) -> type[Scheme]:
+    """The ``Scheme`` subclass at the import path ``path`` (``package.module.Class``)."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError as error:
+        raise ValueError(f"`scheme` {path!r}: cannot import {module!r} ({error})") from None
+    if not (isinstance(found, type) and issubclass(found, Scheme)):
+        raise ValueError(f"`scheme` {path!r} is not a Scheme subclass")
+    return found
+
+
 def get_scheme(scheme: str | Scheme | type[Scheme], l1_ratio: float = 0.5) -> Scheme:
     """The scheme called ``scheme``, or ``scheme`` itself when it is a :class:`Scheme` (instance or class).
 
@@ -32,13 +46,18 @@ def get_scheme(scheme: str | Scheme | type[Scheme], l1_ratio: float = 0.5) -> Sc
         ...     name = "halve"
         >>> get_scheme(Halve).name
         'halve'
+        >>> get_scheme("lightning_wd.core.schemes.L1").name  # an import path, as a recipe names its own scheme
+        'l1'
     """
     if isinstance(scheme, Scheme):
         return scheme
     if isinstance(scheme, type) and issubclass(scheme, Scheme):
         return scheme()
+    if isinstance(scheme, str) and scheme not in SCHEMES and "." in scheme:
+        return get_scheme(_import_scheme(scheme), l1_ratio)
     if not isinstance(scheme, str) or scheme not in SCHEMES:
-        raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)} or a Scheme, got {scheme!r}")
+        raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)}, an import path of a Scheme subclass, or a "
+                         f"Scheme, got {scheme!r}")
     return ElasticNet(l1_ratio) if scheme == "elastic_net" else SCHEMES[scheme]()
 
 
