@@ -13,13 +13,14 @@ from typing_extensions import override
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
 from lightning_wd.core.decay_step import OptimizerDecay
+from lightning_wd.core.distributed import check_strategy
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
 from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
 from lightning_wd.core.rules import GroupingRules
 from lightning_wd.core.schedules import SCHEDULES, StrengthSchedule
 from lightning_wd.core.schemes import Scheme, get_scheme
-from lightning_wd.core.stats import decay_stats
+from lightning_wd.core.stats import decay_stats, needs_all_ranks
 from lightning_wd.core.validation import check_bool, check_choice, check_fraction, check_int, check_strength
 
 __all__ = ["LR_COUPLINGS", "WeightDecay"]
@@ -210,6 +211,7 @@ class WeightDecay(Callback):
     # ------------------------------------------------------------------ fit start
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        check_strategy(trainer, pl_module)  # one line naming a strategy not proven correct, and what works
         self._reset_runtime()
         self.history = []
         self._module, self._trainer = pl_module, trainer
@@ -397,11 +399,12 @@ class WeightDecay(Callback):
 
     def _log_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
-        if step == self._last_logged or not trainer.is_global_zero:
+        # Sharded tensors: every rank computes (one all-reduce), rank zero logs.
+        if step == self._last_logged or not (trainer.is_global_zero or needs_all_ranks(self.decays)):
             return
         self._last_logged = step
         stats = self.compute_stats(pl_module)
-        if not stats:
+        if not stats or not trainer.is_global_zero:
             return
         self.history.append({"step": step, "epoch": self._last_epoch, "metrics": dict(stats)})
         for logger in trainer.loggers:

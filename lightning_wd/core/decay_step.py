@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from lightning_wd.core.coupling import coefficient, decay_rate
+from lightning_wd.core.distributed import full, like
 from lightning_wd.core.retrofit import decay_kind
 from lightning_wd.core.schedules import StrengthSchedule
 from lightning_wd.core.schemes import Scheme
@@ -264,11 +265,12 @@ class OptimizerDecay:
         out: dict[str, dict[str, Tensor]] = {}
         for key in self.scheme.persistent_state:
             for bucket in self.buckets:
-                out.setdefault(key, {}).update(zip(bucket.names, bucket.state.get(key, [])))
+                # full tensors (a collective for sharded ones: every rank saves): checkpoints hold whole tensors
+                out.setdefault(key, {}).update(zip(bucket.names, map(full, bucket.state.get(key, []))))
         return out
 
     def load_persistent_state(self, key: str, values: Mapping[str, Tensor], argument: str = "reference") -> None:
-        """Set ``state[key]`` of every bucket from ``{name: tensor}`` (cast to each tensor's device and dtype).
+        """Set ``state[key]`` of every bucket from ``{name: tensor}`` (laid out like each tensor: device, dtype, shard).
 
         Raises:
             ValueError: a decayed tensor has no entry (the message names ``argument`` and the tensors).
@@ -277,5 +279,4 @@ class OptimizerDecay:
             missing = [n for n in bucket.names if n not in values]
             if missing:
                 raise ValueError(f"`{argument}` has no tensor for {missing[:3]} (and {len(missing)} in all)")
-            bucket.state[key] = [values[n].to(device=p.device, dtype=p.dtype).clone()
-                                 for n, p in zip(bucket.names, bucket.params)]
+            bucket.state[key] = [like(values[n], p) for n, p in zip(bucket.names, bucket.params)]

@@ -1,11 +1,19 @@
-"""Weight statistics: non-zero fractions and norms, vectorised over tensors with one host sync."""
+"""Weight statistics: non-zero fractions and norms, vectorised over tensors with one host sync.
+
+Under sharded training (FSDP2 ``DTensor`` parameters) every rank computes its shards' counts, squared
+norms, penalty and extra statistics, packs them into one float64 tensor and all-reduces it once per
+interval: the values equal those of one process holding the whole tensors (:func:`global_decay_stats`).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["decay_stats", "effective_weights", "nonzero_counts", "weight_stats"]
+from lightning_wd.core.distributed import all_reduce_sum, contribution, local, needs_collective
+
+__all__ = ["decay_stats", "effective_weights", "global_decay_stats", "needs_all_ranks", "nonzero_counts",
+           "weight_stats"]
 
 
 def _norms(params: list[Tensor]) -> list[Tensor]:
@@ -64,6 +72,8 @@ def weight_stats(
     if not params:
         return {}
     params = [p.detach() for p in params]
+    if needs_collective(params):
+        return _global(names, params, [], {}, zero_tolerance, per_tensor, prefix)
     counts = torch.stack(nonzero_counts(params, zero_tolerance)).double()
     norms = torch.stack(_norms(params)).double()
     values = torch.cat([counts, norms]).cpu().tolist()  # the one host sync
@@ -113,6 +123,8 @@ def decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance:
     (``wd/penalty``, one host transfer) and the scheme's own extra statistics (e.g. ``wd/dead_units``),
     on the effective weights of pruned tensors.
     """
+    if needs_all_ranks(decays):
+        return global_decay_stats(decays, model, zero_tolerance=zero_tolerance, per_tensor=per_tensor)
     effective = effective_weights(model)
     names, params, penalties, extra = [], [], [], {}
     for decay in decays:
@@ -130,3 +142,83 @@ def decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance:
         stats["wd/penalty"] = torch.stack([p.double().cpu() for p in penalties]).sum().item()
     stats.update(extra)
     return stats
+
+
+def needs_all_ranks(decays) -> bool:
+    """Whether the statistics of ``decays`` are a collective (sharded tensors in a multi-process run): every
+    rank must then call :func:`decay_stats` at the same step."""
+    return needs_collective([p for decay in decays for bucket in decay.buckets for p in bucket.params])
+
+
+def _local_state(state: dict, keep: list[int], n: int) -> dict:
+    """``state`` for the tensors at ``keep`` of a bucket of ``n``, on their local shards."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, list) and len(value) == n and all(isinstance(v, Tensor) for v in value):
+            out[key] = [local(value[i]) for i in keep]
+        elif isinstance(value, Tensor | list | dict):
+            continue  # caches keyed to the whole bucket (layouts, indices): the scheme rebuilds them
+        else:
+            out[key] = value
+    return out
+
+
+def _local_terms(scheme, tensors: list[Tensor], strength: float, state: dict):
+    """This rank's share of the penalty and extra statistics of one bucket (see ``Scheme.shard_aware``)."""
+    if scheme.shard_aware:
+        return scheme.penalty(tensors, strength, state), scheme.extra_stats(tensors, state)
+    keep = [i for i, t in enumerate(tensors) if contribution(t)]
+    pieces, sub = [local(tensors[i]) for i in keep], _local_state(state, keep, len(tensors))
+    return scheme.penalty(pieces, strength, sub), scheme.extra_stats(pieces, sub)
+
+
+def _global(names, params, penalties, extra, zero_tolerance, per_tensor, prefix) -> dict[str, float]:
+    """Counts, squared norms, penalty and extras of this rank, summed over ranks in one all-reduce."""
+    pieces = [local(p) for p in params]
+    device = pieces[0].device
+    weights = torch.tensor([contribution(p) for p in params], dtype=torch.float64, device=device)
+    counts = torch.stack(nonzero_counts(pieces, zero_tolerance)).double()
+    squares = torch.stack(_norms(pieces)).double().square()
+    tail = [torch.stack([p.double().to(device) for p in penalties]).sum().reshape(1)] if penalties else []
+    tail += [torch.as_tensor(v, dtype=torch.float64).to(device).reshape(1) for v in extra.values()]
+    packed = torch.cat([counts * weights, squares * weights, *tail])
+    values = all_reduce_sum(packed).cpu().tolist()  # the one collective, the one host sync
+    n = len(params)
+    numels = [p.numel() for p in params]
+    total = sum(numels)
+    stats = {f"{prefix}/nonzero_fraction": sum(values[:n]) / total if total else 1.0,
+             f"{prefix}/weight_norm": sum(values[n:2 * n]) ** 0.5}
+    if per_tensor:
+        for name, count, square, numel in zip(names, values[:n], values[n:2 * n], numels):
+            stats[f"{prefix}/nonzero_fraction/{name}"] = count / numel if numel else 1.0
+            stats[f"{prefix}/weight_norm/{name}"] = square ** 0.5
+    rest = values[2 * n:]
+    if penalties:
+        stats["wd/penalty"], rest = rest[0], rest[1:]
+    stats.update(zip(extra, rest))
+    return stats
+
+
+@torch.no_grad()
+def global_decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance: float = 0.0,
+                       per_tensor: bool = True) -> dict[str, float]:
+    """:func:`decay_stats` of sharded tensors: equal to one process's values, one all-reduce (call on every rank).
+
+    Each rank sums what it holds (a shard on its rank, a replica on rank 0 only); a scheme's penalty and
+    extra statistics see the local shards, or the DTensors where the scheme is ``shard_aware``.
+    """
+    effective = effective_weights(model)
+    names, params, penalties, extra = [], [], [], {}
+    for decay in decays:
+        for bucket in decay.buckets:
+            tensors = [effective.get(id(p), p).detach() for p in bucket.params]
+            names += bucket.names
+            params += tensors
+            value, extras = _local_terms(decay.scheme, tensors, decay.strength(bucket), bucket.state)
+            if value is not None:
+                penalties.append(value)
+            for key, number in extras.items():
+                extra[key] = extra.get(key, 0.0) + torch.as_tensor(number, dtype=torch.float64)
+    if not params:
+        return {}
+    return _global(names, params, penalties, extra, zero_tolerance, per_tensor, "wd")

@@ -7,6 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from lightning_wd.core.distributed import local
+
 __all__ = ["Scheme", "soft_threshold_"]
 
 
@@ -35,7 +37,12 @@ class Scheme:
       checkpoints and restored on resume;
     * ``takes_reference``: whether a ``reference`` state dict (weights to decay toward) applies;
     * ``makes_exact_zeros``: whether the update sets weights to exactly 0 (a sparsity objective can vary);
-    * ``search_range``: the default (low, high) log-uniform range of ``strength`` for tuning.
+    * ``search_range``: the default (low, high) log-uniform range of ``strength`` for tuning;
+    * ``shard_aware``: under sharded training (FSDP2 ``DTensor``s) the scheme takes the DTensors as they are
+      in :meth:`penalty` and :meth:`extra_stats` and returns this rank's share of a sum over ranks (see
+      :mod:`lightning_wd.core.distributed`). Otherwise (the default) the statistics hand it this rank's local
+      shards (and state), and its penalty and extra statistics must be sums over elements or rows.
+      The update methods always receive the DTensors: element-wise ``torch._foreach_*`` work on them as is.
     """
 
     name: ClassVar[str]
@@ -45,6 +52,7 @@ class Scheme:
     takes_reference: ClassVar[bool] = False
     makes_exact_zeros: ClassVar[bool] = False
     search_range: ClassVar[tuple[float, float]] = (1e-6, 1e-2)
+    shard_aware: ClassVar[bool] = False
 
     def hparams(self) -> dict[str, float]:
         """The scheme's own settings (beyond ``strength``), for logs and checkpoints."""
@@ -91,6 +99,7 @@ def soft_threshold_(params: list[Tensor], threshold: float) -> None:
     """
     if threshold <= 0 or not params:
         return
+    params = [local(p) for p in params]  # element-wise: on a sharded DTensor, its local shard in place
     small = []
     for p in params:
         if p.numel() >= _FUSED_MIN_NUMEL:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_wd.core.distributed import local
 from lightning_wd.core.schemes.base import Scheme
 
 
@@ -29,6 +30,7 @@ class Cautious(Scheme):
     def before_update(self, params, grads, rate, strength, state):
         if not rate or not params:
             return
+        params = [local(p) for p in params]  # element-wise: a sharded DTensor's local shard, in place
         old = state.get("old")
         if old is None or [o.shape for o in old] != [p.shape for p in params]:  # first step, or another subset
             old = state["old"] = [torch.empty_like(p) for p in params]
@@ -38,7 +40,7 @@ class Cautious(Scheme):
     def after_update(self, params, rate, strength, state):
         if not state.pop("pending", False):
             return
-        old = state["old"]
+        old, params = state["old"], [local(p) for p in params]
         moved_away = torch._foreach_sub(params, old)  # delta
         torch._foreach_mul_(moved_away, old)  # delta * w_old
         torch._foreach_clamp_min_(moved_away, 0.0)

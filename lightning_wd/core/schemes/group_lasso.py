@@ -1,33 +1,59 @@
-"""Group lasso over output units: whole rows (Linear) or output channels (Conv) shrink to exactly 0."""
+"""Group lasso over output units: whole rows (Linear) or output channels (Conv) shrink to exactly 0.
+
+Sharded tensors (FSDP2 ``DTensor``s, sharded on dim 0) are handled on their local shards: a dim-0 shard
+holds whole rows, so their norms need no communication; a 1-D tensor (one unit) split across ranks gets
+its squared sum all-reduced (one collective for all such units of a call).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from lightning_wd.core.distributed import all_reduce_sum, contribution, is_sharded, local, rank, split_unit
 from lightning_wd.core.schemes.base import Scheme
 
 
-def _layout(params: list[Tensor]) -> tuple[list[int], Tensor, Tensor, list[tuple[int, ...]]]:
+def _layout(params: list[Tensor]) -> dict:
     # A tensor of ndim >= 2 has one unit per output row/channel; a 1-D or 0-d tensor is a single unit.
-    rows = [p.shape[0] if p.ndim > 1 else 1 for p in params]
-    row_sizes = torch.tensor([p.numel() // r for p, r in zip(params, rows) for _ in range(r)], dtype=torch.long)
+    # `lengths`: elements of each unit on this rank; `sizes`: elements of each unit in the whole tensor.
+    pieces = [local(p) for p in params]
+    rows = [q.shape[0] if p.ndim > 1 else 1 for p, q in zip(params, pieces)]
+    lengths = [q.numel() // r if r else 0 for q, r in zip(pieces, rows) for _ in range(r)]
+    sizes = [(p.numel() // p.shape[0] if p.ndim > 1 else p.numel()) for p, r in zip(params, rows) for _ in range(r)]
+    split = [split_unit(p) for p, r in zip(params, rows) for _ in range(r)]
+    # Weight of each unit in a sum over ranks (only DTensors lead to one): rows of a shard count where they
+    # live; a split unit (reduced to its global value) and a replica count on rank 0 only.
+    sharded = any(is_sharded(p) for p in params)
+    weight = [(float(rank() == 0) if split_unit(p) else contribution(p)) if sharded else 1.0
+              for p, r in zip(params, rows) for _ in range(r)]
     shapes = [(r,) + (1,) * (p.ndim - 1) if p.ndim > 1 else (1,) * p.ndim for p, r in zip(params, rows)]
-    return rows, row_sizes, row_sizes.double().sqrt(), shapes
+    size = torch.tensor(sizes, dtype=torch.long)
+    return {"rows": rows, "row_sizes": torch.tensor(lengths, dtype=torch.long), "sizes": size,
+            "sqrt_sizes": size.double().sqrt(), "shapes": shapes, "weight": torch.tensor(weight, dtype=torch.float64),
+            "split": torch.tensor([i for i, s in enumerate(split) if s], dtype=torch.long) if any(split) else None}
+
+
+def _cached(params: list[Tensor], state: dict) -> dict:
+    key = tuple((tuple(p.shape), tuple(local(p).shape)) for p in params)
+    if state.get("layout_key") != key:
+        state["layout_key"] = key
+        state["layout"] = _layout(params)
+    return state["layout"]
 
 
 def row_norms(params: list[Tensor], state: dict) -> Tensor:
-    """L2 norm of every output unit of every tensor, concatenated (one vectorised pass).
+    """L2 norm of every output unit of every tensor (this rank's units of sharded ones), concatenated.
 
     The layout (units per tensor) is cached in ``state``, keyed by the tensors' shapes, so a call with
     another subset of a bucket's tensors (some without a gradient this step) lays it out afresh.
     """
-    key = tuple(tuple(p.shape) for p in params)
-    if state.get("layout_key") != key:
-        state["layout_key"] = key
-        state["rows"], state["row_sizes"], state["sqrt_sizes"], state["shapes"] = _layout(params)
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    sums = torch.segment_reduce(flat.square_(), "sum", lengths=state["row_sizes"].to(flat.device))
+    layout = _cached(params, state)
+    flat = torch.cat([local(p).detach().reshape(-1) for p in params])
+    sums = torch.segment_reduce(flat.square_(), "sum", lengths=layout["row_sizes"].to(flat.device))
+    if layout["split"] is not None:  # 1-D tensors split across ranks: their units' sums, summed over ranks
+        index = layout["split"].to(sums.device)
+        sums[index] = all_reduce_sum(sums[index].contiguous())
     return sums.sqrt_()
 
 
@@ -48,32 +74,40 @@ class GroupLasso(Scheme):
 
     name = "group_lasso"
     makes_exact_zeros = True
+    shard_aware = True
 
     def after_update(self, params, rate, strength, state):
         if rate <= 0 or not params:
             return
         norms = row_norms(params, state)
-        sqrt_sizes = state["sqrt_sizes"].to(norms)
-        scale = (1.0 - rate * sqrt_sizes / norms).nan_to_num_(0.0, 0.0, 0.0).clamp_min_(0.0)
-        scales = [s.view(shape) for s, shape in zip(scale.split(state["rows"]), state["shapes"])]
-        torch._foreach_mul_(params, scales)
+        layout = state["layout"]
+        scale = (1.0 - rate * layout["sqrt_sizes"].to(norms) / norms).nan_to_num_(0.0, 0.0, 0.0).clamp_min_(0.0)
+        scales = [s.view(shape) for s, shape in zip(scale.split(layout["rows"]), layout["shapes"])]
+        torch._foreach_mul_([local(p) for p in params], scales)
 
     def penalty(self, params, strength, state):
         if not params:
             return torch.zeros(())
         norms = row_norms(params, state)
-        return strength * (norms * state["sqrt_sizes"].to(norms)).sum()
+        layout = state["layout"]
+        return strength * (norms * layout["sqrt_sizes"].to(norms) * layout["weight"].to(norms)).sum()
 
     def extra_stats(self, params, state):
-        return {"wd/dead_units": float(self.dead_units(params, {}))}
+        return {"wd/dead_units": self._dead(params, state) if params else 0.0}
+
+    @staticmethod
+    def _dead(params: list[Tensor], state: dict) -> Tensor:
+        norms = row_norms(params, state)
+        layout = state["layout"]
+        dead = (norms == 0) & (layout["sizes"].to(norms.device) > 0)
+        return (dead.double() * layout["weight"].to(norms.device)).sum()
 
     @staticmethod
     def dead_units(params: list[Tensor], state: dict) -> int:
         """How many output units are exactly zero (units with no weights at all are not counted)."""
         if not params:
             return 0
-        norms = row_norms(params, state)
-        return int(((norms == 0) & (state["row_sizes"].to(norms.device) > 0)).sum())
+        return int(GroupLasso._dead(params, state))
 
 
 __all__ = ["GroupLasso", "row_norms"]

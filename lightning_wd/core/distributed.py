@@ -1,0 +1,193 @@
+"""Sharded and multi-process training: the strategies the decay is proven on, and the shard helpers.
+
+Under FSDP2 (``fully_shard``, Lightning's ``ModelParallelStrategy``) every parameter is a ``DTensor``
+sharded on dim 0 over a 1-D data-parallel mesh: the module keeps its original names and the tensors their
+global shapes, so grouping decides exactly as in one process. Element-wise schemes run on the DTensors
+as they are (no communication). What reduces over several elements works on the local shard
+(:func:`local`): a dim-0 shard holds whole output rows, so only a unit that the shard splits (a 1-D
+tensor) needs a collective. Statistics are sums of per-rank contributions (:func:`contribution`:
+a shard counts on its rank, a replica on rank 0 only), packed into one tensor and all-reduced once
+(:func:`all_reduce_sum`).
+
+Under DDP every rank holds the same full tensors: nothing here communicates and statistics are
+computed on rank 0 alone, as in one process.
+
+Example:
+    >>> import torch
+    >>> local(torch.ones(2)).shape, is_sharded(torch.ones(2)), contribution(torch.ones(2))
+    (torch.Size([2]), False, 1.0)
+    >>> all_reduce_sum(torch.tensor([1.0, 2.0]))  # one process: the tensor itself
+    tensor([1., 2.])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["SUPPORTED", "UnsupportedStrategyError", "all_reduce_sum", "check_placements", "check_strategy",
+           "contribution", "full", "is_sharded", "like", "local", "needs_collective", "rank", "split_unit"]
+
+#: What the refusals offer instead (one line).
+SUPPORTED = ("single device, 'ddp' / 'ddp_spawn' (DDPStrategy), or FSDP2: ModelParallelStrategy("
+             "tensor_parallel_size=1) with fully_shard")
+
+
+class UnsupportedStrategyError(ValueError):
+    """A strategy the decay is not proven correct on (raised at fit start, one line)."""
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def is_sharded(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a shard of a larger logical tensor, or a replica of one)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def local(tensor: Tensor) -> Tensor:
+    """This rank's part of ``tensor`` (its local shard for a ``DTensor``; the tensor itself otherwise).
+
+    The local tensor shares storage with the DTensor: in-place updates on it update the DTensor.
+    """
+    return tensor._local_tensor if is_sharded(tensor) else tensor
+
+
+def rank() -> int:
+    """The global rank (0 without an initialised process group)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _shard_dim0(tensor: Tensor) -> bool:
+    from torch.distributed.tensor import Shard
+
+    return tensor.device_mesh.size() > 1 and isinstance(tensor.placements[0], Shard)
+
+
+def contribution(tensor: Tensor) -> float:
+    """The weight of this rank's part of ``tensor`` in a sum over ranks: 1 for a shard; for a replica (a
+    plain tensor in a multi-process run, a replicated ``DTensor``) 1 on rank 0 and 0 elsewhere."""
+    if is_sharded(tensor) and _shard_dim0(tensor):
+        return 1.0
+    return 1.0 if rank() == 0 else 0.0
+
+
+def split_unit(tensor: Tensor) -> bool:
+    """Whether a dim-0 shard of ``tensor`` splits its single output unit (a 1-D tensor over > 1 rank).
+
+    A tensor of ``ndim >= 2`` sharded on dim 0 keeps whole rows (units) on each rank; a 1-D tensor is one
+    unit, split across the ranks: reductions over it need a collective.
+    """
+    return is_sharded(tensor) and tensor.ndim <= 1 and _shard_dim0(tensor)
+
+
+def needs_collective(tensors: list[Tensor]) -> bool:
+    """Whether sums over ``tensors`` need an all-reduce (some are DTensors in a multi-process run)."""
+    dist = torch.distributed
+    return (any(is_sharded(t) for t in tensors) and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
+
+
+def all_reduce_sum(packed: Tensor) -> Tensor:
+    """``packed`` summed over all ranks, in one collective (returned as is without a process group)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    return packed
+
+
+def full(tensor: Tensor) -> Tensor:
+    """The whole logical tensor (a collective for a sharded ``DTensor``: call it on every rank)."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def like(value: Tensor, param: Tensor) -> Tensor:
+    """``value`` (a full tensor, or a DTensor) as a fresh tensor laid out like ``param``: its device, dtype
+    and, for a ``DTensor`` ``param``, its mesh and placements (this rank's slice; no communication)."""
+    if not is_sharded(param):
+        return full(value).to(device=param.device, dtype=param.dtype).clone()
+    if is_sharded(value):
+        value = value.redistribute(param.device_mesh, param.placements)
+        return value.to(dtype=param.dtype).clone()
+    from torch.distributed.tensor import DTensor, Shard
+
+    value = value.to(device=param.device, dtype=param.dtype)
+    mesh, placements = param.device_mesh, param.placements
+    coordinate = mesh.get_coordinate() or [0] * mesh.ndim
+    for dim, placement in enumerate(placements):
+        if isinstance(placement, Shard):
+            chunks = torch.chunk(value, mesh.size(dim), dim=placement.dim)  # DTensor's own (uneven) split
+            value = chunks[coordinate[dim]] if coordinate[dim] < len(chunks) else value.narrow(placement.dim, 0, 0)
+    return DTensor.from_local(value.clone(), mesh, placements, run_check=False, shape=param.shape,
+                              stride=param.stride())
+
+
+# ---------------------------------------------------------------------------------------------- fit start
+def _names(strategy: Any) -> list[str]:
+    return [cls.__name__ for cls in type(strategy).__mro__]
+
+
+def check_strategy(trainer: Any, module: torch.nn.Module | None = None) -> None:
+    """Refuse, with one line naming the strategy and what works instead, a strategy not proven correct.
+
+    Proven (parity tests on 2 ranks): single device, ``DDPStrategy`` (``ddp``, ``ddp_spawn``, ...) and
+    ``ModelParallelStrategy`` with FSDP2 data parallelism only (parameters sharded on dim 0 over a 1-D mesh).
+    Refused: DeepSpeed (it owns the optimizer step and flattens parameters), XLA, ``FSDPStrategy`` (FSDP1
+    keeps flat shards of the original tensors: rows and shapes are lost), tensor parallelism, anything else.
+
+    Raises:
+        UnsupportedStrategyError: the strategy (or a parameter's layout) is not supported.
+    """
+    strategy = getattr(trainer, "strategy", None)
+    if strategy is None:
+        return
+    names = _names(strategy)
+    name = type(strategy).__name__
+    refused = None
+    if any("DeepSpeed" in n for n in names):
+        refused = "DeepSpeed runs the optimizer step itself on flattened (ZeRO) partitions"
+    elif any("XLA" in n for n in names):
+        refused = "it is not verified on XLA devices"
+    elif "FSDPStrategy" in names:
+        flat = not getattr(strategy, "kwargs", {}).get("use_orig_params", True)
+        refused = ("FSDP1 with use_orig_params=False hands the optimizer flat parameters" if flat else
+                   "FSDP1 keeps each rank's tensors as flat 1-D pieces (original shapes and rows are lost)")
+    elif "ModelParallelStrategy" in names:
+        tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
+        if tensor_parallel not in (1, "auto"):
+            refused = f"tensor_parallel_size={tensor_parallel} shards tensors on other dims than 0"
+    elif not ({"SingleDeviceStrategy", "DDPStrategy"} & set(names)):
+        refused = "it is not verified"
+    if refused:
+        raise UnsupportedStrategyError(f"WeightDecay does not support strategy {name}: {refused}; use {SUPPORTED}")
+    if module is not None:
+        check_placements(module, name)
+
+
+def check_placements(module: torch.nn.Module, strategy: str = "this strategy") -> None:
+    """Every ``DTensor`` parameter is on a 1-D mesh, sharded on dim 0 or replicated (FSDP2 data parallel).
+
+    Raises:
+        UnsupportedStrategyError: naming the first parameter laid out otherwise.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+
+    for name, param in module.named_parameters():
+        if not is_sharded(param):
+            continue
+        placements = param.placements
+        ok = len(placements) == 1 and (isinstance(placements[0], Replicate)
+                                       or (isinstance(placements[0], Shard) and placements[0].dim == 0))
+        if not ok:
+            raise UnsupportedStrategyError(
+                f"WeightDecay does not support strategy {strategy} with parameter {name!r} laid out as "
+                f"{tuple(placements)} (only dim-0 shards on a 1-D mesh are verified); use {SUPPORTED}")

@@ -1,0 +1,207 @@
+"""Worker for the 2-rank tests (tests/test_distributed.py): fit every scheme under one strategy, save full weights.
+
+``python distributed_fit.py OUT STRATEGY [--resume MODE] [--steps-per-epoch N] [--time]``
+
+* STRATEGY: ``single`` (one process, global batch 16), ``ddp`` or ``fsdp2`` (2 CPU ranks, gloo, batch 8 per
+  rank: the same global batches, as the distributed sampler interleaves the samples).
+* Every config of ``CONFIGS`` is fitted in turn (float64, 2 epochs of 10 steps); rank 0 saves
+  ``OUT/<strategy>.pt``: ``{config: {"weights": full state dict, "stats": last wd/* statistics}}``.
+* ``--resume sharded|full`` (fsdp2 only): l2_sp with a cosine schedule fitted 2 epochs straight, and 1 epoch
+  then checkpointed and resumed for the second; saves ``OUT/resume-<mode>.pt`` with both weights.
+* ``--time``: per config, the mean step time with statistics every step vs never (``OUT/time-<strategy>.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_wd.core.callback import WeightDecay
+from lightning_wd.core.distributed import full
+
+torch.set_default_dtype(torch.float64)
+torch.set_num_threads(1)
+
+# name -> (WeightDecay kwargs, optimizer). Biases and 1-D tensors decay too (split units under dim-0 shards).
+EVERYTHING = dict(exclude_bias=False, exclude_1d=False, print_audit=False, log_every_n_steps=5)
+CONFIGS = {
+    "decoupled": (dict(scheme="decoupled", strength=0.5), "adamw"),
+    "decoupled_cosine": (dict(scheme="decoupled", strength=0.5, schedule="cosine", final_strength=0.05), "adamw"),
+    "l2": (dict(scheme="l2", strength=0.05, schedule="warmup_cosine", warmup_steps=4), "sgd"),
+    "l1": (dict(scheme="l1", strength=0.3, schedule="linear", final_strength=0.0), "adamw"),
+    "elastic_net": (dict(scheme="elastic_net", strength=0.05, l1_ratio=0.7), "sgd"),
+    "group_lasso": (dict(scheme="group_lasso", strength=2.0, schedule="step"), "adamw"),
+    "l2_sp": (dict(scheme="l2_sp", strength=0.5, lr_coupling="lr_ratio"), "adamw"),
+    "cautious": (dict(scheme="cautious", strength=0.5, schedule="cosine", final_strength=0.1), "adamw"),
+}
+
+
+class Net(L.LightningModule):
+    """4 -> 64 -> LayerNorm -> Tanh -> 64 (4096 weights: the large-tensor kernels) -> Tanh -> 3 (3 rows: uneven)."""
+
+    def __init__(self, optimizer: str = "adamw", fsdp: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 64), nn.LayerNorm(64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
+                                 nn.Linear(64, 3))
+        self.optimizer, self.fsdp = optimizer, fsdp
+
+    def configure_model(self):
+        if not self.fsdp:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.0)
+
+
+class Interleaved(torch.utils.data.Sampler):
+    """Rank r of w takes samples r, r + w, ...: global batch k is samples 16k..16k+15 at any world size (Lightning's
+    own distributed sampler always shuffles the training data)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @staticmethod
+    def _place() -> tuple[int, int]:
+        dist = torch.distributed
+        return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+    def __iter__(self):
+        rank, world = self._place()
+        return iter(range(rank, self.n, world))
+
+    def __len__(self) -> int:
+        return self.n // self._place()[1]
+
+
+def loader(strategy: str, steps_per_epoch: int = 10) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    n = 16 * steps_per_epoch
+    data = TensorDataset(torch.randn(n, 4, generator=g) * 3, torch.randint(0, 3, (n,), generator=g))
+    return DataLoader(data, batch_size=16 if strategy == "single" else 8, sampler=Interleaved(n))
+
+
+def make_strategy(strategy: str, sharded_checkpoint: bool = True):
+    if strategy == "fsdp2":
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+                                     save_distributed_checkpoint=sharded_checkpoint)
+    return "ddp" if strategy == "ddp" else "auto"
+
+
+def trainer(strategy: str, callbacks, sharded_checkpoint: bool = True, **kwargs) -> L.Trainer:
+    options = dict(max_epochs=2, accelerator="cpu", devices=1 if strategy == "single" else 2, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, deterministic=True, use_distributed_sampler=False)
+    return L.Trainer(strategy=make_strategy(strategy, sharded_checkpoint), callbacks=callbacks,
+                     **{**options, **kwargs})
+
+
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: full(v).detach().clone() for k, v in model.state_dict().items()}  # every rank: collectives
+
+
+def fit_all(out: str, strategy: str, steps_per_epoch: int) -> None:
+    results, rank = {}, 0
+    for name, (kwargs, optimizer) in CONFIGS.items():
+        model = Net(optimizer, fsdp=strategy == "fsdp2")
+        cb = WeightDecay(**{**EVERYTHING, **kwargs})
+        t = trainer(strategy, [cb])
+        t.fit(model, loader(strategy, steps_per_epoch))
+        weights, rank = full_weights(model), t.global_rank
+        assert cb.steps == [t.global_step] == [2 * steps_per_epoch], (cb.steps, t.global_step)
+        assert "step" not in t.optimizers[0].__dict__
+        assert bool(cb.history) == (rank == 0)
+        results[name] = {"weights": weights, "stats": cb.history[-1]["metrics"] if cb.history else {},
+                         "logged_steps": [h["step"] for h in cb.history]}
+    if rank == 0:
+        torch.save(results, f"{out}/{strategy}.pt")
+
+
+class StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def resume(out: str, mode: str, steps_per_epoch: int) -> None:
+    kwargs = {**EVERYTHING, "scheme": "l2_sp", "strength": 0.5, "schedule": "cosine", "final_strength": 0.05}
+    sharded = mode == "sharded"
+    straight = Net(fsdp=True)
+    trainer("fsdp2", [WeightDecay(**kwargs)], sharded).fit(straight, loader("fsdp2", steps_per_epoch))
+    expected = full_weights(straight)
+    first = Net(fsdp=True)
+    t = trainer("fsdp2", [WeightDecay(**kwargs), StopAfterFirstEpoch()], sharded)
+    t.fit(first, loader("fsdp2", steps_per_epoch))
+    path = f"{out}/half-{mode}.ckpt"
+    t.save_checkpoint(path)
+    second = Net(fsdp=True)
+    torch.manual_seed(123)
+    with torch.no_grad():  # other starting weights: everything must come from the checkpoint
+        for p in second.parameters():
+            p.normal_()
+    cb = WeightDecay(**kwargs)
+    t2 = trainer("fsdp2", [cb], sharded)
+    t2.fit(second, loader("fsdp2", steps_per_epoch), ckpt_path=path)
+    got = full_weights(second)
+    assert cb.steps == [2 * steps_per_epoch], cb.steps
+    if t2.global_rank == 0:
+        torch.save({"expected": expected, "got": got}, f"{out}/resume-{mode}.pt")
+
+
+def timing(out: str, strategy: str, steps_per_epoch: int) -> None:
+    """Mean step time (after 5 warm-up steps) with statistics at every step, and with none."""
+
+    class Clock(L.Callback):
+        def __init__(self):
+            self.times = []
+
+        def on_train_batch_start(self, *args):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args):
+            self.times.append(time.perf_counter() - self.start)
+
+    result, rank = {}, 0
+    for every in (1, 10 ** 9):
+        for name in ("decoupled", "l1", "group_lasso"):
+            kwargs, optimizer = CONFIGS[name]
+            clock = Clock()
+            cb = WeightDecay(**{**EVERYTHING, **kwargs, "log_every_n_steps": every})
+            t = trainer(strategy, [cb, clock], max_epochs=1)
+            t.fit(Net(optimizer, fsdp=strategy == "fsdp2"), loader(strategy, steps_per_epoch))
+            rank = t.global_rank
+            times = sorted(clock.times[5:])
+            result[f"{name}/{'every_step' if every == 1 else 'never'}"] = times[len(times) // 2]
+    if rank == 0:
+        with open(f"{out}/time-{strategy}.json", "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    out, strategy, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    steps = int(args[args.index("--steps-per-epoch") + 1]) if "--steps-per-epoch" in args else 10
+    if "--resume" in args:
+        resume(out, args[args.index("--resume") + 1], steps)
+    elif "--time" in args:
+        timing(out, strategy, steps)
+    else:
+        fit_all(out, strategy, steps)

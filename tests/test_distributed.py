@@ -1,0 +1,124 @@
+"""Issue 12: the decay on 2 CPU ranks (gloo) under FSDP2 and DDP equals one process; unsupported strategies
+are refused at fit start. The worker is tests/distributed_fit.py (one subprocess per strategy)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_wd.core.distributed import UnsupportedStrategyError, check_strategy, like
+
+WORKER = Path(__file__).with_name("distributed_fit.py")
+ROOT = WORKER.parents[1]
+
+
+def run_worker(out: Path, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(WORKER), str(out), *args], cwd=out, env=env,
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / a.norm().clamp_min(1e-300))
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("single")
+    run_worker(out, "single")
+    return torch.load(out / "single.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_two_ranks_equal_one_process(strategy, single, tmp_path):
+    run_worker(tmp_path, strategy)
+    got = torch.load(tmp_path / f"{strategy}.pt")
+    assert got.keys() == single.keys()
+    for name, reference in single.items():
+        weights = got[name]["weights"]
+        assert weights.keys() == reference["weights"].keys()
+        for key, tensor in reference["weights"].items():
+            assert weights[key].shape == tensor.shape
+            assert relative(tensor, weights[key]) <= 1e-6, (name, key)
+        stats = got[name]["stats"]
+        assert stats.keys() == reference["stats"].keys(), name
+        for key, value in reference["stats"].items():
+            assert stats[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (name, key)
+        assert got[name]["logged_steps"] == reference["logged_steps"] == [5, 10, 15, 20]
+    zeros = sum(int((v == 0).sum()) for v in single["l1"]["weights"].values())
+    assert zeros > 0  # the proximal l1 step made exact zeros, identically on both layouts
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["sharded", "full"])
+def test_fsdp2_checkpoint_resumes_bit_exactly(mode, tmp_path):
+    # l2_sp (its reference) with a cosine schedule (its position): 1 epoch, checkpoint, resume from other weights.
+    run_worker(tmp_path, "fsdp2", "--resume", mode)
+    saved = torch.load(tmp_path / f"resume-{mode}.pt")
+    for key, tensor in saved["expected"].items():
+        assert torch.equal(tensor, saved["got"][key]), key
+
+
+def strategy(name: str, bases: tuple = (), **attributes) -> SimpleNamespace:
+    cls = type(name, bases, {})
+    return SimpleNamespace(strategy=cls.__new__(cls) if not attributes else _with(cls, attributes))
+
+
+def _with(cls, attributes):
+    obj = cls.__new__(cls)
+    obj.__dict__.update(attributes)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("trainer", "match"),
+    [
+        (strategy("DeepSpeedStrategy", (type("DDPStrategy", (), {}),)), r"strategy DeepSpeedStrategy: DeepSpeed"),
+        (strategy("FSDPStrategy", kwargs={"use_orig_params": False}), r"FSDP1 with use_orig_params=False"),
+        (strategy("FSDPStrategy", kwargs={}), r"FSDPStrategy: FSDP1 keeps each rank's tensors as flat"),
+        (strategy("ModelParallelStrategy", _tensor_parallel_size=2), r"tensor_parallel_size=2"),
+        (strategy("XLAStrategy"), r"XLAStrategy: it is not verified on XLA"),
+        (strategy("MyStrategy"), r"MyStrategy: it is not verified"),
+    ],
+)
+def test_unsupported_strategies_refused_with_one_line(trainer, match):
+    with pytest.raises(UnsupportedStrategyError, match=match) as caught:
+        check_strategy(trainer)
+    message = str(caught.value)
+    assert "\n" not in message and "use single device, 'ddp'" in message and "ModelParallelStrategy" in message
+
+
+def test_refused_at_fit_start_by_the_callback(tiny_net, tiny_loader, quiet_trainer):
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from lightning_wd import WeightDecay
+
+    class Unproven(SingleDeviceStrategy):
+        pass
+
+    Unproven.__name__ = "UnprovenXLAStrategy"
+    trainer = quiet_trainer([WeightDecay(strength=0.1, print_audit=False)],
+                            strategy=Unproven(device=torch.device("cpu")))
+    with pytest.raises(UnsupportedStrategyError, match=r"does not support strategy UnprovenXLAStrategy"):
+        trainer.fit(tiny_net, tiny_loader)
+
+
+@pytest.mark.parametrize("name", ["SingleDeviceStrategy", "DDPStrategy", "ModelParallelStrategy"])
+def test_supported_strategies_pass(name):
+    check_strategy(strategy(name, _tensor_parallel_size=1))
+
+
+def test_like_keeps_plain_tensors_as_before():
+    param = torch.zeros(2, 3, dtype=torch.float64)
+    value = like(torch.ones(2, 3, dtype=torch.float32), param)
+    assert value.dtype == torch.float64 and torch.equal(value, torch.ones(2, 3, dtype=torch.float64))
