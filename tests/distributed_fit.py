@@ -26,9 +26,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_wd.core.callback import WeightDecay
 from lightning_wd.core.distributed import full
 
-torch.set_default_dtype(torch.float64)
-torch.set_num_threads(1)
-
 # name -> (WeightDecay kwargs, optimizer). Biases and 1-D tensors decay too (split units under dim-0 shards).
 EVERYTHING = dict(exclude_bias=False, exclude_1d=False, print_audit=False, log_every_n_steps=5)
 CONFIGS = {
@@ -196,7 +193,9 @@ def timing(out: str, strategy: str, steps_per_epoch: int) -> None:
             json.dump(result, f, indent=1)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # process-wide settings only when run as the worker (pytest also imports this file)
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
     out, strategy, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     steps = int(args[args.index("--steps-per-epoch") + 1]) if "--steps-per-epoch" in args else 10
     if "--resume" in args:
