@@ -48,7 +48,7 @@ def test_a_custom_scheme_among_built_in_ones_is_a_class_path_for_weight_decay():
 @pytest.mark.parametrize("spec, message", [
     ("custom_scheme.NoSuchScheme", "cannot import"),
     ("custom_scheme.torch", "not a subclass"),
-    ("bogus", "choose from"),
+    ("bogus", "must be one of"),
 ])
 def test_a_bad_scheme_is_named(spec, message):
     with pytest.raises(TuneError, match=message):

@@ -89,7 +89,7 @@ def test_fixed_values_timescale_and_final_strength():
     ({"strength": {"low": 1, "high": 0.1}}, "low <= high"),
     ({"strength": {"low": 0, "high": 1}}, "low > 0"),
     ({"strength": {"lo": 1}}, "unknown key"),
-    ({"scheme": ["l2", "bogus"]}, "choose from"),
+    ({"scheme": ["l2", "bogus"]}, "space.scheme: `scheme` must be one of"),
     ({"strength": 0.1}, "nothing to tune"),
 ])
 def test_space_errors_name_the_problem(spec, message):

@@ -38,28 +38,12 @@ def scheme_class(spec: Any) -> type:
         >>> scheme_class("l2").search_range, scheme_class({"class_path": "lightning_wd.core.schemes.L1"}).name
         ((1e-06, 0.01), 'l1')
     """
-    import importlib
+    from lightning_wd.core.schemes import scheme_class as core_scheme_class
 
-    from lightning_wd.core.schemes import SCHEMES, Scheme
-
-    if isinstance(spec, Scheme):
-        return type(spec)
-    if isinstance(spec, type) and issubclass(spec, Scheme):
-        return spec
-    path = spec.get("class_path") if isinstance(spec, Mapping) else spec
-    if isinstance(path, str) and path in SCHEMES:
-        return SCHEMES[path]
-    if not isinstance(path, str) or "." not in path.strip("."):
-        raise TuneError(f"space.scheme: choose from {', '.join(SCHEMES)} or give a Scheme subclass by class path, "
-                        f"got {spec!r}")
-    module, _, name = path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise TuneError(f"space.scheme: cannot import {path} ({error})") from None
-    if not (isinstance(cls, type) and issubclass(cls, Scheme)):
-        raise TuneError(f"space.scheme: {path} is not a subclass of lightning_wd.core.schemes.Scheme")
-    return cls
+        return core_scheme_class(spec)
+    except ValueError as error:
+        raise TuneError(f"space.scheme: {error}") from None
 
 
 def scheme_label(spec: Any) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
+
 from lightning_wd.core.schemes.base import Scheme
 from lightning_wd.core.schemes.cautious import Cautious
 from lightning_wd.core.schemes.decoupled import Decoupled
@@ -16,20 +19,37 @@ SCHEMES: dict[str, type[Scheme]] = {
 }
 
 __all__ = ["SCHEMES", "Cautious", "Decoupled", "ElasticNet", "GroupLasso", "L1", "L2", "L2SP", "Scheme",
-           "get_scheme", "scheme_for_native"]
+           "get_scheme", "scheme_class", "scheme_for_native"]
 
 
-def _import_scheme(path: str) -> type[Scheme]:
-    """The ``Scheme`` subclass at the import path ``path`` (``package.module.Class``)."""
-    import importlib
+def scheme_class(spec: str | Scheme | type[Scheme] | Mapping) -> type[Scheme]:
+    """The :class:`Scheme` class of ``spec``: a built-in name, an import path (``mypkg.MyScheme``), a mapping
+    with ``class_path`` (as jsonargparse writes it), or a ``Scheme`` subclass or instance.
 
+    Raises:
+        ValueError: an unknown name, a path that does not import, or a class that is not a Scheme.
+
+    Example:
+        >>> scheme_class("l2").name, scheme_class({"class_path": "lightning_wd.core.schemes.L1"}).name
+        ('l2', 'l1')
+    """
+    if isinstance(spec, Scheme):
+        return type(spec)
+    if isinstance(spec, type) and issubclass(spec, Scheme):
+        return spec
+    path = spec.get("class_path") if isinstance(spec, Mapping) else spec
+    if isinstance(path, str) and path in SCHEMES:
+        return SCHEMES[path]
+    if not isinstance(path, str) or "." not in path.strip("."):
+        raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)}, an import path of a Scheme subclass, or a "
+                         f"Scheme, got {spec!r}")
     module, _, name = path.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module), name, None)
-    except ImportError as error:
-        raise ValueError(f"`scheme` {path!r}: cannot import {module!r} ({error})") from None
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"`scheme`: cannot import {path} ({error})") from None
     if not (isinstance(found, type) and issubclass(found, Scheme)):
-        raise ValueError(f"`scheme` {path!r} is not a Scheme subclass")
+        raise ValueError(f"`scheme`: {path} is not a subclass of lightning_wd.core.schemes.Scheme")
     return found
 
 
@@ -51,14 +71,8 @@ def get_scheme(scheme: str | Scheme | type[Scheme], l1_ratio: float = 0.5) -> Sc
     """
     if isinstance(scheme, Scheme):
         return scheme
-    if isinstance(scheme, type) and issubclass(scheme, Scheme):
-        return scheme()
-    if isinstance(scheme, str) and scheme not in SCHEMES and "." in scheme:
-        return get_scheme(_import_scheme(scheme), l1_ratio)
-    if not isinstance(scheme, str) or scheme not in SCHEMES:
-        raise ValueError(f"`scheme` must be one of {', '.join(SCHEMES)}, an import path of a Scheme subclass, or a "
-                         f"Scheme, got {scheme!r}")
-    return ElasticNet(l1_ratio) if scheme == "elastic_net" else SCHEMES[scheme]()
+    cls = scheme_class(scheme)
+    return cls(l1_ratio) if cls is ElasticNet else cls()
 
 
 def scheme_for_native(kind: str) -> Scheme | None:
