@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -39,18 +40,14 @@ class UnsupportedStrategyError(ValueError):
     """A strategy the decay is not proven correct on (raised at fit start, one line)."""
 
 
-def _dtensor_type() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return None
-    return DTensor
-
-
 def is_sharded(tensor: Tensor) -> bool:
-    """Whether ``tensor`` is a ``DTensor`` (a shard of a larger logical tensor, or a replica of one)."""
-    dtensor = _dtensor_type()
-    return dtensor is not None and isinstance(tensor, dtensor)
+    """Whether ``tensor`` is a ``DTensor`` (a shard of a larger logical tensor, or a replica of one).
+
+    No import: a DTensor can only exist once ``torch.distributed.tensor`` is loaded, so the check is a
+    dictionary lookup and an ``isinstance`` (it runs per tensor on the step).
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def local(tensor: Tensor) -> Tensor:
