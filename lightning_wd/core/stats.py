@@ -2,18 +2,19 @@
 
 Under sharded training (FSDP2 ``DTensor`` parameters) every rank computes its shards' counts, squared
 norms, penalty and extra statistics, packs them into one float64 tensor and all-reduces it once per
-interval: the values equal those of one process holding the whole tensors (:func:`global_decay_stats`).
+interval: the values equal those of one process holding the whole tensors (:func:`weight_stats`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from lightning_wd.core.distributed import all_reduce_sum, contribution, local, needs_collective
 
-__all__ = ["decay_stats", "effective_weights", "global_decay_stats", "needs_all_ranks", "nonzero_counts",
-           "weight_stats"]
+__all__ = ["decay_stats", "effective_weights", "needs_all_ranks", "nonzero_counts", "weight_stats"]
 
 
 def _norms(params: list[Tensor]) -> list[Tensor]:
@@ -51,11 +52,14 @@ def weight_stats(
     zero_tolerance: float = 0.0,
     per_tensor: bool = True,
     prefix: str = "wd",
+    extra: Mapping[str, Tensor | float] | None = None,
 ) -> dict[str, float]:
     """``{prefix}/nonzero_fraction``, ``{prefix}/weight_norm`` and, per tensor, ``.../<name>`` of both.
 
-    Counts (``count_nonzero``, exact) and L2 norms (``torch._foreach_norm``) are brought to the host in one
-    transfer.
+    Counts (``count_nonzero``, exact), squared L2 norms (``torch._foreach_norm``) and the ``extra`` values
+    are packed into one float64 tensor and brought to the host in one transfer. For sharded tensors
+    (FSDP2 ``DTensor``s in a multi-process run) each rank packs what it holds and the packed tensor is
+    all-reduced once: every rank must call this at the same step, and gets the whole tensors' values.
 
     Args:
         names: one name per tensor (used in the per-tensor keys).
@@ -63,6 +67,7 @@ def weight_stats(
         zero_tolerance: count ``|w| <= zero_tolerance`` as zero (0: exact zeros only).
         per_tensor: also return the per-tensor series.
         prefix: metric name prefix.
+        extra: more ``{key: number}`` to report, summed over ranks with the rest (penalty, dead units).
 
     Example:
         >>> stats = weight_stats(["a", "b"], [torch.tensor([0.0, 3.0]), torch.tensor([4.0, 0.0])])
@@ -72,22 +77,29 @@ def weight_stats(
     if not params:
         return {}
     params = [p.detach() for p in params]
-    if needs_collective(params):
-        return _global(names, params, [], {}, zero_tolerance, per_tensor, prefix)
-    counts = torch.stack(nonzero_counts(params, zero_tolerance)).double()
-    norms = torch.stack(_norms(params)).double()
-    values = torch.cat([counts, norms]).cpu().tolist()  # the one host sync
+    collective = needs_collective(params)
+    pieces = [local(p) for p in params] if collective else params
+    counts = torch.stack(nonzero_counts(pieces, zero_tolerance)).double()
+    squares = torch.stack(_norms(pieces)).double().square()
+    if collective:  # a shard counts on its rank, a replica on rank 0 only
+        weights = torch.tensor([contribution(p) for p in params], dtype=torch.float64, device=counts.device)
+        counts, squares = counts * weights, squares * weights
+    extra = dict(extra or {})
+    tail = [torch.as_tensor(v, dtype=torch.float64).to(counts.device).reshape(1) for v in extra.values()]
+    packed = torch.cat([counts, squares, *tail])
+    values = (all_reduce_sum(packed) if collective else packed).cpu().tolist()  # the one host sync
     n = len(params)
     numels = [p.numel() for p in params]
     total = sum(numels)
     stats = {
         f"{prefix}/nonzero_fraction": sum(values[:n]) / total if total else 1.0,
-        f"{prefix}/weight_norm": sum(v * v for v in values[n:]) ** 0.5,
+        f"{prefix}/weight_norm": sum(values[n:2 * n]) ** 0.5,
     }
     if per_tensor:
-        for name, count, norm, numel in zip(names, values[:n], values[n:], numels):
+        for name, count, square, numel in zip(names, values[:n], values[n:2 * n], numels):
             stats[f"{prefix}/nonzero_fraction/{name}"] = count / numel if numel else 1.0
-            stats[f"{prefix}/weight_norm/{name}"] = norm
+            stats[f"{prefix}/weight_norm/{name}"] = square ** 0.5
+    stats.update(zip(extra, values[2 * n:]))
     return stats
 
 
@@ -119,29 +131,27 @@ def decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance:
                 per_tensor: bool = True) -> dict[str, float]:
     """The ``wd/*`` statistics of the decayed tensors of ``decays`` (``OptimizerDecay`` objects).
 
-    Non-zero fractions and norms (:func:`weight_stats`), the scheme's penalty at the current strength
-    (``wd/penalty``, one host transfer) and the scheme's own extra statistics (e.g. ``wd/dead_units``),
-    on the effective weights of pruned tensors.
+    Non-zero fractions and norms, the scheme's penalty at the current strength (``wd/penalty``) and its own
+    extra statistics (e.g. ``wd/dead_units``), on the effective weights of pruned tensors, in one host
+    transfer (:func:`weight_stats`; for sharded tensors one all-reduce: call it on every rank).
     """
-    if needs_all_ranks(decays):
-        return global_decay_stats(decays, model, zero_tolerance=zero_tolerance, per_tensor=per_tensor)
     effective = effective_weights(model)
+    collective = needs_all_ranks(decays)
     names, params, penalties, extra = [], [], [], {}
     for decay in decays:
         for bucket in decay.buckets:
-            tensors = [effective.get(id(p), p) for p in bucket.params]
+            tensors = [effective.get(id(p), p).detach() for p in bucket.params]
             names += bucket.names
             params += tensors
-            value = decay.scheme.penalty(tensors, decay.strength(bucket), bucket.state)
+            value, extras = _terms(decay.scheme, tensors, decay.strength(bucket), bucket.state, collective)
             if value is not None:
                 penalties.append(value)
-            for key, number in decay.scheme.extra_stats(tensors, bucket.state).items():
-                extra[key] = extra.get(key, 0.0) + float(number)
-    stats = weight_stats(names, params, zero_tolerance=zero_tolerance, per_tensor=per_tensor)
+            for key, number in extras.items():
+                extra[key] = extra.get(key, 0.0) + torch.as_tensor(number, dtype=torch.float64)
     if penalties:
-        stats["wd/penalty"] = torch.stack([p.double().cpu() for p in penalties]).sum().item()
-    stats.update(extra)
-    return stats
+        device = penalties[0].device
+        extra = {"wd/penalty": torch.stack([p.double().to(device) for p in penalties]).sum(), **extra}
+    return weight_stats(names, params, zero_tolerance=zero_tolerance, per_tensor=per_tensor, extra=extra)
 
 
 def needs_all_ranks(decays) -> bool:
@@ -163,62 +173,11 @@ def _local_state(state: dict, keep: list[int], n: int) -> dict:
     return out
 
 
-def _local_terms(scheme, tensors: list[Tensor], strength: float, state: dict):
-    """This rank's share of the penalty and extra statistics of one bucket (see ``Scheme.shard_aware``)."""
-    if scheme.shard_aware:
+def _terms(scheme, tensors: list[Tensor], strength: float, state: dict, collective: bool):
+    """The penalty and extra statistics of one bucket; under sharding, this rank's share of them: the scheme
+    sees the DTensors when it is ``shard_aware``, else the local shards this rank counts."""
+    if not collective or scheme.shard_aware:
         return scheme.penalty(tensors, strength, state), scheme.extra_stats(tensors, state)
     keep = [i for i, t in enumerate(tensors) if contribution(t)]
     pieces, sub = [local(tensors[i]) for i in keep], _local_state(state, keep, len(tensors))
     return scheme.penalty(pieces, strength, sub), scheme.extra_stats(pieces, sub)
-
-
-def _global(names, params, penalties, extra, zero_tolerance, per_tensor, prefix) -> dict[str, float]:
-    """Counts, squared norms, penalty and extras of this rank, summed over ranks in one all-reduce."""
-    pieces = [local(p) for p in params]
-    device = pieces[0].device
-    weights = torch.tensor([contribution(p) for p in params], dtype=torch.float64, device=device)
-    counts = torch.stack(nonzero_counts(pieces, zero_tolerance)).double()
-    squares = torch.stack(_norms(pieces)).double().square()
-    tail = [torch.stack([p.double().to(device) for p in penalties]).sum().reshape(1)] if penalties else []
-    tail += [torch.as_tensor(v, dtype=torch.float64).to(device).reshape(1) for v in extra.values()]
-    packed = torch.cat([counts * weights, squares * weights, *tail])
-    values = all_reduce_sum(packed).cpu().tolist()  # the one collective, the one host sync
-    n = len(params)
-    numels = [p.numel() for p in params]
-    total = sum(numels)
-    stats = {f"{prefix}/nonzero_fraction": sum(values[:n]) / total if total else 1.0,
-             f"{prefix}/weight_norm": sum(values[n:2 * n]) ** 0.5}
-    if per_tensor:
-        for name, count, square, numel in zip(names, values[:n], values[n:2 * n], numels):
-            stats[f"{prefix}/nonzero_fraction/{name}"] = count / numel if numel else 1.0
-            stats[f"{prefix}/weight_norm/{name}"] = square ** 0.5
-    rest = values[2 * n:]
-    if penalties:
-        stats["wd/penalty"], rest = rest[0], rest[1:]
-    stats.update(zip(extra, rest))
-    return stats
-
-
-@torch.no_grad()
-def global_decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance: float = 0.0,
-                       per_tensor: bool = True) -> dict[str, float]:
-    """:func:`decay_stats` of sharded tensors: equal to one process's values, one all-reduce (call on every rank).
-
-    Each rank sums what it holds (a shard on its rank, a replica on rank 0 only); a scheme's penalty and
-    extra statistics see the local shards, or the DTensors where the scheme is ``shard_aware``.
-    """
-    effective = effective_weights(model)
-    names, params, penalties, extra = [], [], [], {}
-    for decay in decays:
-        for bucket in decay.buckets:
-            tensors = [effective.get(id(p), p).detach() for p in bucket.params]
-            names += bucket.names
-            params += tensors
-            value, extras = _local_terms(decay.scheme, tensors, decay.strength(bucket), bucket.state)
-            if value is not None:
-                penalties.append(value)
-            for key, number in extras.items():
-                extra[key] = extra.get(key, 0.0) + torch.as_tensor(number, dtype=torch.float64)
-    if not params:
-        return {}
-    return _global(names, params, penalties, extra, zero_tolerance, per_tensor, "wd")
