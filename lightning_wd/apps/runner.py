@@ -141,10 +141,22 @@ def _cli_classes():
         """
 
         def __init__(self, *args: Any, logger: Any = DEFAULT_LOGGER, held_logs: _HeldLogs | None = None,
-                     **kwargs: Any) -> None:
+                     launch_argv: Sequence[str] | None = None, **kwargs: Any) -> None:
             self._given_logger = logger
             self._held_logs = held_logs
+            self._launch_argv = None if launch_argv is None else list(launch_argv)
             super().__init__(*args, **kwargs)
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            """Run it with the process's real ``sys.argv``: strategy ``ddp`` starts the other ranks by
+            re-running ``sys.argv``, which must be the same command (only the parsing ran without it)."""
+            if self._launch_argv is None:
+                return super()._run_subcommand(subcommand)
+            parsing_argv, sys.argv = sys.argv, self._launch_argv
+            try:
+                super()._run_subcommand(subcommand)
+            finally:
+                sys.argv = parsing_argv
 
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_argument("--tracking_uri", type=str | None, default=None,
@@ -295,11 +307,13 @@ def build_cli(config: str | os.PathLike | Mapping | None = None, overrides: Sequ
         **options,
     }
     saved = sys.argv
-    sys.argv = saved[:1]  # the arguments come in `args`: LightningCLI warns when sys.argv has them too
+    # the arguments come in `args`: LightningCLI warns when sys.argv has them too; the fit itself runs with
+    # the real sys.argv, which strategy ``ddp`` re-runs to start the other ranks
+    sys.argv = saved[:1]
     held = _HeldLogs()
     try:
         with _quiet(quiet):
-            cli = cli_class(args=args, logger=logger, held_logs=held, **kwargs)
+            cli = cli_class(args=args, logger=logger, held_logs=held, launch_argv=saved, **kwargs)
     except BaseException:
         held.release(emit=False)
         raise
