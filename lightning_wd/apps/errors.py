@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lightning_wd.core.messages import one_line
 
-__all__ = ["ConfigError", "OneLineParser", "TuneError", "UsageError", "debug_enabled", "report_error"]
+__all__ = ["ConfigError", "OneLineParser", "TuneError", "UsageError", "debug_enabled", "report_error", "unwritable"]
 
 DEBUG_VARIABLE = "LIGHTNING_WD_DEBUG"
 
@@ -58,7 +59,7 @@ def debug_enabled() -> bool:
 
 
 def report_error(prog: str, message: object, code: int = 2) -> int:
-    """Print ``<prog>: error: <message as one line>`` on stderr and return ``code``.
+    """Print ``<prog>: error: <message as one line>`` on stderr (passwords masked) and return ``code``.
 
     Example:
         >>> import sys; sys.stderr = sys.stdout
@@ -67,5 +68,41 @@ def report_error(prog: str, message: object, code: int = 2) -> int:
         2
         >>> sys.stderr = sys.__stderr__
     """
-    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    from lightning_wd.tracking.redaction import redact_text
+
+    print(f"{prog}: error: {redact_text(one_line(message))}", file=sys.stderr)
     return code
+
+
+def unwritable(path: str | os.PathLike, folder: bool = True) -> str | None:
+    """Why ``path`` cannot be written (a folder to create, or with ``folder=False`` a file), or None if it can.
+
+    Nothing is created: the nearest existing ancestor must be a writable folder (and an existing target
+    the right kind), so a command can refuse a bad output path before it starts anything.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     unwritable(Path(f.name) / "out") == f"{f.name} is a file, not a folder"
+        True
+        >>> unwritable(tempfile.gettempdir()) is None
+        True
+    """
+    target = Path(path).expanduser().absolute()
+    if target.exists():
+        if folder and not target.is_dir():
+            return f"{target} is a file, not a folder"
+        if not folder and target.is_dir():
+            return f"{target} is a folder, not a file"
+        if not os.access(target, os.W_OK):
+            return f"{target} is not writable"
+        if folder:
+            return None
+    probe = target.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None

@@ -23,7 +23,7 @@ from lightning_wd.apps.errors import ConfigError, debug_enabled
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 
-__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "describe"]
+__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "check_checkpoint", "describe"]
 
 PROG = "lightning-wd"
 #: ``logger=DEFAULT_LOGGER``: MLflow unless the recipe sets ``trainer.logger`` (or ``fast_dev_run``)
@@ -147,6 +147,13 @@ def _cli_classes():
             self._launch_argv = None if launch_argv is None else list(launch_argv)
             super().__init__(*args, **kwargs)
 
+        def _parse_ckpt_path(self) -> None:
+            """Refuse a bad ``--ckpt_path`` in one line before Lightning loads it for its hyperparameters."""
+            subcommand = self.config.get("subcommand")
+            if subcommand:
+                check_checkpoint(self.config[subcommand].get("ckpt_path"))
+            super()._parse_ckpt_path()
+
         def _run_subcommand(self, subcommand: str) -> None:
             """Run it with the process's real ``sys.argv``: strategy ``ddp`` starts the other ranks by
             re-running ``sys.argv``, which must be the same command (only the parsing ran without it)."""
@@ -179,10 +186,7 @@ def _cli_classes():
                 import torch
 
                 torch.set_num_threads(threads)
-            ckpt = self._get(self.config, "ckpt_path")
-            if isinstance(ckpt, str) and ckpt not in _SPECIAL_CKPT and "://" not in ckpt \
-                    and not os.path.isfile(ckpt):
-                raise ConfigError(f"checkpoint not found: {ckpt}")
+            check_checkpoint(self._get(self.config, "ckpt_path"))
 
         def instantiate_classes(self) -> None:
             if debug_enabled():
@@ -214,7 +218,9 @@ def _cli_classes():
                 return tracking.mlflow_logger(experiment_name=self._get(self.config, "experiment"),
                                               tracking_uri=self._get(self.config, "tracking_uri"),
                                               run_name=self._get(self.config, "run_name"), run_id=run_id)
-            except (tracking.TrackingUnavailable, ValueError) as exc:
+            except tracking.TrackingUnavailable as exc:
+                raise ConfigError(f"--tracking-uri: {one_line(exc)}") from exc
+            except ValueError as exc:
                 raise ConfigError(one_line(exc)) from exc
 
         def after_instantiate_classes(self) -> None:
@@ -236,6 +242,58 @@ def _cli_classes():
             tracking.log_config(self.trainer, text)
 
     return WeightDecayCLI, OneLineErrorParser
+
+
+def check_checkpoint(path: Any) -> None:
+    """Refuse a ``--ckpt_path`` that is missing or is not a Lightning checkpoint, with one line.
+
+    ``last``/``best``/``hpc``/``registry`` and remote (``scheme://``) paths are left to Lightning. The file is
+    loaded as Lightning will load it (``torch.load(weights_only=True)``, memory-mapped when it can be), so
+    an empty, truncated or corrupt file, a non-checkpoint, or a pickle payload (refused by ``weights_only``)
+    fails here, before anything is created, rather than in the middle of the fit with a traceback.
+
+    Raises:
+        ConfigError: naming ``--ckpt_path``, the file and the problem.
+
+    Example:
+        >>> check_checkpoint("last")  # Lightning's own names pass
+        >>> check_checkpoint("no/such.ckpt")
+        Traceback (most recent call last):
+        ...
+        lightning_wd.apps.errors.ConfigError: --ckpt_path: checkpoint not found: no/such.ckpt
+    """
+    if not isinstance(path, (str, os.PathLike)) or str(path) in _SPECIAL_CKPT or "://" in str(path):
+        return
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--ckpt_path: checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"--ckpt_path {path}: the file is empty, not a checkpoint")
+    import pickle
+
+    import torch
+
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise ConfigError(f"--ckpt_path {path}: refused: it would run pickled code ({found.group(1)}), which "
+                              "the safe load (torch.load weights_only=True) does not; load only checkpoints you "
+                              "trust") from None
+        raise ConfigError(f"--ckpt_path {path}: not a checkpoint written by torch.save (corrupt?)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f" ({one_line(text.split('. ')[0], 120)})" if len(text) > 8 else ""
+        raise ConfigError(f"--ckpt_path {path}: not a readable checkpoint, truncated or corrupt{reason}") from None
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        found = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise ConfigError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict; found {found})")
 
 
 def _config_argument(config: Any) -> str:

@@ -20,10 +20,12 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_wd.core.messages import one_line
+from lightning_wd.tracking.artifacts import log_private_artifacts, log_private_text
 from lightning_wd.tracking.checkpoints import STATE_RUN_ID
 from lightning_wd.tracking.logger import mlflow_logger_of
 from lightning_wd.tracking.params import TAG_PREFIX, audit_csv, audit_rows, decay_tags, flatten_params, optimizer_params
 from lightning_wd.tracking.queries import history_from_mlflow, merge_histories
+from lightning_wd.tracking.redaction import redact_text
 from lightning_wd.tracking.uris import redact
 
 __all__ = ["MLflowRecord", "find_decay_callback"]
@@ -145,9 +147,9 @@ class MLflowRecord(Callback):
         plan = getattr(decay, "plan", None) if decay is not None else None
         rows = audit_rows(plan, optimizers)
         if plan is not None:
-            client.log_text(run_id, str(plan) + "\n", "audit/grouping.txt")
+            log_private_text(client, run_id, str(plan) + "\n", "audit/grouping.txt")
         if rows:
-            client.log_text(run_id, audit_csv(rows), "audit/grouping.csv")
+            log_private_text(client, run_id, audit_csv(rows), "audit/grouping.csv")
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -168,7 +170,7 @@ class MLflowRecord(Callback):
         elif not _is_tracking_error(exception):
             try:  # best effort: the reason shows in the MLflow UI next to the FAILED status
                 self._logger.experiment.set_tag(self._run_id, TAG_PREFIX + "error",
-                                                one_line(f"{type(exception).__name__}: {exception}", 500))
+                                                redact_text(one_line(f"{type(exception).__name__}: {exception}", 500)))
             except Exception:  # noqa: S110 - the original exception is what matters
                 pass
 
@@ -190,7 +192,7 @@ class MLflowRecord(Callback):
             if hist is not None:
                 written.append(hist)
             if written:
-                client.log_artifacts(run_id, folder, "plots")
+                log_private_artifacts(client, run_id, folder, "plots")
 
 
 def _is_tracking_error(exception: BaseException) -> bool:

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         2
         >>> sys.stderr = sys.__stderr__
     """
-    from lightning_wd.apps.errors import OneLineParser, UsageError, report_error
+    from lightning_wd.apps.errors import OneLineParser, UsageError, report_error, unwritable
 
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 20 epochs (under five minutes)")
@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
         if args.epochs is not None and args.epochs < 4:
             raise UsageError(f"--epochs must be >= 4 (the article's tables span four epochs), got {args.epochs}")
+        problem = unwritable(args.out)
+        if problem:
+            raise UsageError(f"--out {args.out}: cannot write the report there: {problem}")
         if args.tracking_uri:
             from lightning_wd.tracking.uris import TrackingUnavailable, check_tracking_uri
 

@@ -31,7 +31,9 @@ _PARAM_LIMIT = 500
 
 
 def _text(value: Any) -> str:
-    return " ".join(str(value).split())[:_PARAM_LIMIT]
+    from lightning_wd.tracking.redaction import redact_text
+
+    return redact_text(" ".join(str(value).split()))[:_PARAM_LIMIT]
 
 
 def _warn(what: str, error: BaseException) -> None:
@@ -135,9 +137,9 @@ class StudyRecord:
             batch_params = [Param(str(k), _text(v)) for k, v in (params or {}).items()]
             if batch_metrics or batch_params:
                 self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
-            for path in artifacts:
-                if Path(path).exists():
-                    self.client.log_artifact(run_id, str(path))
+            from lightning_wd.tracking.artifacts import log_private_artifacts
+
+            log_private_artifacts(self.client, run_id, [Path(p) for p in artifacts])
         except Exception as error:
             _warn("log the study results", error)
         finally:

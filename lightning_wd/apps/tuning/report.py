@@ -54,12 +54,16 @@ def summary_line(trial: Any, names: Sequence[str]) -> str:
 
 
 def write_best(path: Path, recipe: Mapping, header: Sequence[str]) -> Path:
-    """Write a ready-to-fit recipe with a comment header; returns ``path``."""
+    """Write a ready-to-fit recipe with a comment header, passwords masked, owner-only; returns ``path``."""
     import yaml
+
+    from lightning_wd.tracking.redaction import private_file, redact_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(dict(recipe), sort_keys=False)
-    path.write_text(text)
+    path.touch(mode=0o600)
+    private_file(path)
+    path.write_text(redact_text(text))
     return path
 
 

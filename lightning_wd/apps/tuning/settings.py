@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_wd.apps.errors import TuneError
+from lightning_wd.apps.errors import TuneError, unwritable
 from lightning_wd.apps.tuning import storage as storage_mod
 from lightning_wd.apps.tuning.space import SPARSITY_KEY, SearchSpace
 from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, redact, sqlite_path
@@ -123,6 +123,10 @@ class Settings:
             raise TuneError(f"--study-name: expected a non-empty name, got {self.study_name!r}")
         storage_mod.storage_kind(self.storage)  # a URL of a known kind
         storage_mod.check_workers(self.storage, self.workers)
+        storage_mod.check_writable(self.storage)
+        problem = unwritable(self.out)
+        if problem:
+            raise TuneError(f"--out {self.out}: cannot write the study's results there: {problem}")
         for name in ("heartbeat_interval", "grace_period"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning_wd.apps.errors import TuneError
+from lightning_wd.apps.errors import TuneError, unwritable
 from lightning_wd.tracking.uris import redact, sqlite_path
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "StaleTrialCallback",
     "check_workers",
+    "check_writable",
     "open_storage",
     "storage_kind",
 ]
@@ -75,6 +76,19 @@ def check_workers(url: str, workers: int) -> None:
             "concurrent trials and heartbeats fail with 'database is locked'; use --storage "
             "postgresql+psycopg2://USER@HOST/DB (any machines) or --storage journal:PATH (one machine)"
         )
+
+
+def check_writable(url: str) -> None:
+    """Refuse a SQLite or journal storage whose file cannot be created or written (nothing is created).
+
+    Raises:
+        TuneError: naming ``--storage`` and the problem (e.g. ``/data is not writable``).
+    """
+    kind = storage_kind(url)
+    path = sqlite_path(url) if kind == "sqlite" else Path(url[len(JOURNAL_PREFIX):]) if kind == "journal" else None
+    problem = unwritable(path, folder=False) if path is not None else None
+    if problem:
+        raise TuneError(f"--storage {redact(url)}: cannot write the study there: {problem}")
 
 
 class StaleTrialCallback:
@@ -127,17 +141,21 @@ def open_storage(
     import optuna
 
     kind = storage_kind(url)
-    if kind == "journal":
-        path = Path(url[len(JOURNAL_PREFIX):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend
+    check_writable(url)
+    try:
+        if kind == "journal":
+            path = Path(url[len(JOURNAL_PREFIX):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    engine_kwargs: dict[str, Any] = {}
-    if kind == "sqlite":
-        database = sqlite_path(url)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        database = sqlite_path(url) if kind == "sqlite" else None
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TuneError(f"--storage {redact(url)}: cannot write the study there: {error}") from None
+    engine_kwargs: dict[str, Any] = {}
+    if kind == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
