@@ -228,8 +228,11 @@ class WeightDecay(Callback):
 
     def _build(self, trainer: Trainer, pl_module: LightningModule, steps: list[int] | None = None) -> None:
         """Plan, check the checkpoint's decisions, and set up the decay of every optimizer."""
+        # the strength that exclude rules leaving nothing to decay are warned about (the optimizer's own: none)
+        shown = (self.strength or self.schedule.final_strength or 1.0) if self.strength is not None and self._active \
+            else 0.0
         self._planner = Planner(pl_module, self.rules, self.scheme, self.strength is None,
-                                self.timescale_epochs, self.lr_coupling)
+                                self.timescale_epochs, self.lr_coupling, strength=shown)
         self._check_resume()
         if self.strength is None and not self._scheme_given:
             self.scheme = self._planner.own_scheme(trainer.optimizers, self.scheme)

@@ -95,6 +95,8 @@ def plan_groups(
     model: nn.Module,
     weight_decay: float,
     rules: GroupingRules | Mapping | None = None,
+    *,
+    warn_strength: float | None = None,
     **rule_kwargs,
 ) -> GroupPlan:
     """Decide which parameters of ``model`` decay; return the groups and the audit together.
@@ -109,6 +111,9 @@ def plan_groups(
             ``exclude_bias``, ``exclude_1d``, ``exclude_norm``, ``exclude_embeddings``,
             ``use_model_no_weight_decay`` (the default rules' switches; see the module docstring for the
             order of precedence).
+        warn_strength: the strength that user ``exclude`` rules leaving no tensor to decay are warned about
+            (default ``weight_decay``; 0: no warning). The WeightDecay callback plans with a unit
+            ``weight_decay`` and passes its own strength here.
 
     Raises:
         ValueError: ``weight_decay`` or a multiplier is negative, NaN or infinite.
@@ -213,9 +218,10 @@ def plan_groups(
         warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
 
     by_user = sorted({r.reason.removeprefix("user exclude ") for r in rows if r.reason.startswith("user exclude")})
-    if weight_decay > 0 and by_user and not any(r.decayed for r in rows):
+    shown = weight_decay if warn_strength is None else check_strength(warn_strength, "warn_strength")
+    if shown > 0 and by_user and not any(r.decayed for r in rows):
         warnings.warn(f"weight-decay rule exclude=[{', '.join(by_user)}] leaves no tensor to decay although the "
-                      f"strength is {weight_decay:g}", UserWarning, stacklevel=_user_stacklevel())
+                      f"strength is {shown:g}", UserWarning, stacklevel=_user_stacklevel())
 
     order = [DECAY, *(f"{DECAY}[{p}]" for p in multipliers), NO_DECAY]
     strengths = {row.group: row.strength for row in rows if row.group is not None}

@@ -44,7 +44,7 @@ class Planner:
     """
 
     def __init__(self, model: nn.Module, rules: GroupingRules, scheme: Scheme, per_group: bool = False,
-                 timescale_epochs: float | None = None, coupling: str = "lr") -> None:
+                 timescale_epochs: float | None = None, coupling: str = "lr", strength: float = 1.0) -> None:
         self.model, self.scheme, self.per_group = model, scheme, per_group
         self.timescale_epochs, self.coupling = timescale_epochs, coupling
         frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -52,7 +52,7 @@ class Planner:
         for param in frozen:
             param.requires_grad_(True)
         try:
-            self.plan = plan_groups(model, 1.0, rules)
+            self.plan = plan_groups(model, 1.0, rules, warn_strength=strength)  # unit multipliers
         finally:
             for param in frozen:
                 param.requires_grad_(False)
