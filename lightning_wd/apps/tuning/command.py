@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -134,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     debug = debug_enabled()
+    if os.environ.get("LIGHTNING_WD_TRIAL"):  # objective.TRIAL_ENV: a rank that strategy ddp re-ran for a trial
+        from lightning_wd.apps.tuning.objective import follow_trial
+
+        if follow_trial():
+            return 0
     try:
         args, extra = parser.parse_known_args(argv)
         options = vars(args)

@@ -16,8 +16,14 @@ is broadcast so every rank stops at the same step; a non-finite loss on any rank
 everything the objective needs afterwards (pruned, fail reason, last value, ``wd/*`` statistics) is stored in
 the trial's user attributes, so it also reaches the main process when the ranks are spawned processes
 (``ddp_spawn``: the trial and its storage are pickled into them, which needs an RDB or journal storage).
-Strategy ``ddp`` launches ranks by re-running the command line, which would re-run the whole study per
-rank: it is refused, use ``--trainer.strategy ddp_spawn``.
+Strategy ``ddp`` starts the other ranks by re-running the command line: the process running the study is
+rank 0 and owns the Optuna trial; for the length of the trial's fit it puts the trial (its sampled recipe,
+overrides, MLflow run) in the ``LIGHTNING_WD_TRIAL`` environment variable, so a re-run rank
+(``LOCAL_RANK`` > 0) does not run a study but :func:`follow_trial`: the same fit with the same parameters,
+logging to the same child run (rank zero writes it), its pruning decisions broadcast from rank 0, and exits.
+After the fit rank 0 waits for its ranks, ends the process group and restores the launcher's environment,
+so the next trial starts its own ranks. Processes started by a cluster (torchrun, SLURM) would each run the
+study: refused.
 
 A NaN/inf training loss or monitored metric stops the fit at once; the trial then ends FAIL with the user
 attribute ``fail_reason`` and the study goes on.
@@ -25,7 +31,10 @@ attribute ``fail_reason`` and the study goes on.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -38,11 +47,15 @@ from lightning_wd.apps.errors import TuneError
 from lightning_wd.apps.tuning.recipe import trial_recipe
 from lightning_wd.apps.tuning.space import SPARSITY_KEY
 
-__all__ = ["SPARSITY_KEY", "NonFiniteTrial", "Objective", "TrialMonitor", "build_trial"]
+__all__ = ["SPARSITY_KEY", "TRIAL_ENV", "NonFiniteTrial", "Objective", "TrialMonitor", "build_trial", "follow_trial"]
 
 ATTR_LAST = "last_value"
 ATTR_PRUNED = "pruned_at_round"
 ATTR_REASON = "fail_reason"
+#: the trial a re-launched ``ddp`` rank follows (JSON), set by rank 0 for the length of the trial's fit
+TRIAL_ENV = "LIGHTNING_WD_TRIAL"
+#: what Lightning's ``ddp`` launcher sets in rank 0's environment; restored after each trial
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", TRIAL_ENV)
 
 
 class NonFiniteTrial(RuntimeError):
@@ -215,12 +228,12 @@ class Objective:
 
     @staticmethod
     def _check_strategy(trainer: Any) -> None:
-        from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-
-        if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if trainer.world_size > 1 and environment is not None and environment.creates_processes_externally:
             raise TuneError(
-                "trials cannot use strategy 'ddp' with several processes: it starts the other ranks by re-running "
-                "the command, which would re-run the study; use --trainer.strategy ddp_spawn"
+                f"trials cannot run on processes started by {type(environment).__name__} (torchrun, SLURM, ...): "
+                "each would run the whole study; start `lightning-wd tune` once, with --trainer.strategy ddp "
+                "(it starts the trial's ranks itself) or ddp_spawn"
             )
 
     def __call__(self, trial: Any) -> float | list[float]:
@@ -274,8 +287,12 @@ class Objective:
         trainer = cli.trainer
         self._check_strategy(trainer)
         handler = signal.getsignal(signal.SIGINT)
+        spec = {"config": self.config_for(params), "overrides": list(self.settings.overrides),
+                "tracking_uri": self.record.uri, "experiment": self.record.experiment, "run_id": run_id,
+                "metric": self.settings.metric, "report": monitor.report, "trial": trial.number}
         try:
-            trainer.fit(cli.model, datamodule=cli.datamodule)
+            with _ranks_follow(trainer, spec):
+                trainer.fit(cli.model, datamodule=cli.datamodule)
         except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
             raise KeyboardInterrupt(f"fit interrupted (exit {exit_.code})") from None
         finally:
@@ -303,3 +320,58 @@ class Objective:
                     raise TuneError(f"the WeightDecay callback reported no {SPARSITY_KEY}")
                 values.append(float(sparsity))
         return values
+
+
+@contextlib.contextmanager
+def _ranks_follow(trainer: Any, spec: Mapping[str, Any]):
+    """Around a trial's fit on strategy ``ddp``: the re-launched ranks find the trial in ``TRIAL_ENV``;
+    afterwards they are waited for, the process group is ended and the launcher's variables are restored
+    (``LOCAL_RANK`` left set would make the next trial believe its ranks were started externally)."""
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    if not isinstance(launcher, _SubprocessScriptLauncher):
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in _LAUNCH_ENV}
+    os.environ[TRIAL_ENV] = json.dumps(spec, default=str)
+    try:
+        yield
+    finally:
+        for process in getattr(launcher, "procs", ()):
+            try:
+                process.wait(timeout=120)
+            except Exception:  # a rank that does not end: do not leave it behind
+                process.kill()
+                process.wait(timeout=10)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def follow_trial() -> bool:
+    """In a rank that Lightning's ``ddp`` launcher re-ran for a trial: run that trial's fit, return True.
+
+    Returns False (and does nothing) in any other process. The fit is the one rank 0 runs (same sampled
+    recipe and overrides, same seed), logging to the trial's MLflow child run through rank zero only; the
+    monitor takes its pruning and stopping decisions from rank 0 (broadcast), so every rank stops together.
+    """
+    text = os.environ.get(TRIAL_ENV)
+    if not text or os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+        return False
+    spec = json.loads(text)
+    from lightning_wd import tracking
+
+    monitor = TrialMonitor(None, spec["metric"], report=bool(spec["report"]))
+    logger = tracking.mlflow_logger(experiment_name=spec["experiment"], tracking_uri=spec["tracking_uri"],
+                                    run_id=spec["run_id"])
+    cli = build_trial(spec["config"], tuple(spec["overrides"]), logger=logger,
+                      callbacks=[monitor, tracking.MLflowRecord(plots=False)])
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return True

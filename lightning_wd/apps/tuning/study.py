@@ -157,18 +157,47 @@ def _worker_main(settings: Settings, index: int, parent_run_id: str) -> None:
                               code=1))
 
 
-def _supervise(study: Any, processes: Sequence, progress: _Progress) -> None:
-    """Show the study's progress while the worker processes run; raise if one of them failed."""
+def _finished(study: Any) -> int:
+    counts = storage_mod.counts(study)
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+
+
+def _exit_text(code: int | None) -> str:
+    """``exit 1``, ``killed by SIGKILL``."""
+    import signal
+
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
+def _supervise(study: Any, processes: Sequence, progress: _Progress, target: int) -> str | None:
+    """Show the study's progress while the worker processes run.
+
+    A study that reached its target is a success whatever happened to a worker (a killed worker's trial is
+    retried by the others): then the failure comes back as one line to report. A study left short raises.
+
+    Returns:
+        None, or the line describing the workers that failed.
+
+    Raises:
+        RuntimeError: a worker failed and the study has fewer than ``target`` finished trials.
+    """
     while any(p.is_alive() for p in processes):
-        counts = storage_mod.counts(study)
-        progress.set(counts.get("COMPLETE", 0) + counts.get("PRUNED", 0))
+        progress.set(_finished(study))
         for process in processes:
             process.join(timeout=1.0 / len(processes))
-    counts = storage_mod.counts(study)
-    progress.set(counts.get("COMPLETE", 0) + counts.get("PRUNED", 0))
-    codes = [p.exitcode for p in processes]
-    if any(code != 0 for code in codes):
-        raise RuntimeError(f"worker process(es) failed, exit codes {codes} (see their messages above)")
+    done = _finished(study)
+    progress.set(done)
+    failed = [f"worker {i} ({_exit_text(p.exitcode)})" for i, p in enumerate(processes, 1) if p.exitcode != 0]
+    if not failed:
+        return None
+    line = f"{', '.join(failed)} of {len(processes)} failed"
+    if done < target:
+        raise RuntimeError(f"{line}; the study has {done} of {target} finished trials (see the workers' messages "
+                           "above; re-run the command to resume)")
+    return f"{line}; the other workers finished the study ({done} of {target} trials)"
 
 
 def _stop_workers(processes: Sequence, interrupt: bool) -> list[int | None]:
@@ -258,6 +287,10 @@ def tune(config: str | os.PathLike | Mapping | Settings, n_trials: int | None = 
         KeyboardInterrupt: Ctrl-C; finished trials are kept, the interrupted trial is FAIL, every MLflow run
             of this invocation is ended (KILLED).
     """
+    from lightning_wd.apps.tuning.objective import follow_trial
+
+    if follow_trial():  # a rank that strategy ddp re-ran (this script) for one trial: its fit is done
+        raise SystemExit(0)
     if isinstance(config, Settings):
         if n_trials is not None or options:
             raise TypeError("tune(settings) takes no other arguments: use settings.replace(...)")
@@ -333,12 +366,18 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
         record.start(settings.describe())
         processes: list = []
         try:
+            failure = None
             if settings.workers > 1 and worker == 0:  # this process supervises, the workers run trials
-                processes = _spawn(settings.replace(tracking_uri=record.uri), record.parent_run_id)
-                _supervise(study, processes, bar)
+                storage_mod.fail_stale(study)
+                if _finished(study) < target:  # nothing to run: no worker processes to start (seconds each)
+                    processes = _spawn(settings.replace(tracking_uri=record.uri), record.parent_run_id)
+                    failure = _supervise(study, processes, bar, target)
             else:
                 _loop(study, objective, settings, target, bar, catch=(NonFiniteTrial,))
             metrics, params, artifacts = ({}, {}, []) if worker else _finish(study, settings, record, bar)
+            if failure is not None:
+                print(f"lightning-wd tune: warning: {failure}", file=sys.stderr)
+                params["workers_failed"] = failure
         except KeyboardInterrupt:
             _stop_workers(processes, interrupt=True)
             bar.close()
