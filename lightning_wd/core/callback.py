@@ -81,8 +81,9 @@ class WeightDecay(Callback):
         log_every_n_steps: statistics interval in optimizer steps. Default (None): the Trainer's
             ``log_every_n_steps``, doubled (so that the statistics stay on steps Lightning logs too) while one
             statistics call (computing and logging, timed on each call after the first) would cost more than
-            :data:`STATS_BUDGET` (0.5 %) of the training steps' time over the interval; the interval only
-            grows, once announced. Sharded tensors (FSDP2) keep the Trainer's interval (every rank must agree).
+            :data:`STATS_BUDGET` (0.5 %) of the training steps' time over the interval (the median cost of
+            the last five calls, the first one left out); the interval only grows, and each change is
+            announced. Sharded tensors (FSDP2) keep the Trainer's interval (every rank must agree).
             The statistics are also logged once at the end of training (rank zero only; each entry goes to
             ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
@@ -191,6 +192,7 @@ class WeightDecay(Callback):
         self._every_factor = 1
         self._stats_seconds = 0.0  # computing and logging the statistics, on the training thread
         self._stats_calls = 0
+        self._recent_costs: list[float] = []  # of the last calls (their median is what a call costs)
         self._step_seconds = 0.0  # the training batches (between on_train_batch_start and _end)
         self._batch_start = 0.0
 
@@ -426,15 +428,18 @@ class WeightDecay(Callback):
         cost = time.perf_counter() - start
         self._stats_seconds += cost
         self._stats_calls += 1
-        if self.log_every_n_steps is None and self._stats_calls > 1 and self._fitting:
-            self._adapt_interval(trainer, cost)
+        if self._stats_calls > 1:  # the first call warms up
+            self._recent_costs = [*self._recent_costs[-4:], cost]
+        if self.log_every_n_steps is None and self._recent_costs and self._fitting:
+            self._adapt_interval(trainer, sorted(self._recent_costs)[len(self._recent_costs) // 2])
 
     def _interval(self, trainer: Trainer) -> int:
         """The statistics interval now (optimizer steps)."""
         return self.log_every_n_steps or max(1, trainer.log_every_n_steps) * self._every_factor
 
     def _adapt_interval(self, trainer: Trainer, cost: float) -> None:
-        """Double the default interval while one statistics call exceeds STATS_BUDGET of its steps' time."""
+        """Double the default interval while one statistics call (``cost``: the median of the last five, the
+        first call left out) exceeds STATS_BUDGET of its steps' time."""
         steps = max(1, trainer.global_step)
         per_step = self._step_seconds / steps
         if per_step <= 0 or needs_all_ranks(self.decays):

@@ -171,14 +171,19 @@ class MLflowRecord(Callback):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not self.active:
+        logger = self._logger
+        if logger is None and trainer.is_global_zero:  # failed before this callback's fit start (resume checks)
+            logger = mlflow_logger_of(trainer)
+            if logger is None or not getattr(logger, "_initialized", False):
+                return
+        elif logger is None:
             return
         if isinstance(exception, KeyboardInterrupt):
-            _end_as(self._logger, "KILLED")
+            _end_as(logger, "KILLED")
         elif not _is_tracking_error(exception):
             try:  # best effort: the reason shows in the MLflow UI next to the FAILED status
-                self._logger.experiment.set_tag(self._run_id, TAG_PREFIX + "error",
-                                                one_line(f"{type(exception).__name__}: {exception}", 500))
+                logger.experiment.set_tag(logger.run_id, TAG_PREFIX + "error",
+                                          one_line(f"{type(exception).__name__}: {exception}", 500))
             except Exception:  # noqa: S110 - the original exception is what matters
                 pass
 
