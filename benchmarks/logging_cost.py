@@ -1,7 +1,7 @@
 """8. The evidence, end to end: computing the ``wd/*`` statistics and logging them through the real logger.
 
-Every shipped recipe (and a 21 M-parameter MLP on MNIST-1D) is fitted for ``steps`` optimizer steps at its
-default statistics interval, through the recipe runner (as ``lightning-wd fit``), with no logger, with
+Every shipped recipe (and a 21 M-parameter MLP on MNIST-1D, for ``big_steps``) is fitted for ``steps`` optimizer
+steps at its default statistics interval, through the recipe runner (as ``lightning-wd fit``), with no logger, with
 MLflow on a SQLite store and with MLflow on a tracking server on loopback, the backends interleaved.
 ``share`` is the statistics' cost over the training time (the fit's wall time less the record's start and
 end work): the training thread's time inside the
@@ -139,10 +139,10 @@ def _fit(recipe: str, extra: list[str], steps: int, uri: str | None) -> dict:
 
 
 def run(recipes: tuple[str, ...] | None = None, steps: int = 300, backends: tuple[str, ...] = ("none", "sqlite",
-        "server"), big: bool = True) -> list[dict]:
-    cases = [(name, name, []) for name in (recipes or _recipes())]
+        "server"), big: bool = True, big_steps: int = 120) -> list[dict]:
+    cases = [(name, name, [], steps) for name in (recipes or _recipes())]
     if big:
-        cases.append(("mnist1d_mlp 21M", "mnist1d_mlp", BIG))
+        cases.append(("mnist1d_mlp 21M", "mnist1d_mlp", BIG, big_steps))
     rows = []
     with tempfile.TemporaryDirectory(prefix="lightning_wd_bench_logging_") as folder, contextlib.ExitStack() as stack:
         folder = Path(folder)
@@ -150,11 +150,11 @@ def run(recipes: tuple[str, ...] | None = None, steps: int = 300, backends: tupl
         previous = os.getcwd()
         os.chdir(folder)  # checkpoints/, mlruns/ of the runner land here
         try:
-            for label, recipe, extra in cases:
+            for label, recipe, extra, n in cases:
                 for backend in backends:
                     uri = {"none": None, "sqlite": f"sqlite:///{folder / 'mlflow.db'}", "server": url}[backend]
                     print(f"   {label} / {backend} ...", flush=True)
-                    rows.append({"recipe": label, "logger": backend, **_fit(recipe, extra, steps, uri)})
+                    rows.append({"recipe": label, "logger": backend, "steps": n, **_fit(recipe, extra, n, uri)})
         finally:
             os.chdir(previous)
     return rows

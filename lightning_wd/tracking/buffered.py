@@ -135,6 +135,11 @@ class BufferedMLFlowLogger(MLFlowLogger):
             raise TrackingWriteError(f"{writer.put_count - writer.sent} metric points of run {self.run_id} were "
                                      f"not written to {self.where} (strict)")
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_writer"] = None  # a thread and a lock (spawned processes make their own writer)
+        return state
+
     def _tolerate(self, what: str, function: Any, *args: Any) -> None:
         try:
             function(*args)
