@@ -138,8 +138,8 @@ def _fit(recipe: str, extra: list[str], steps: int, uri: str | None) -> dict:
             "start_s": start.seconds, "end_s": end.seconds, "points_computed": computed, "points_logged": points}
 
 
-def run(recipes: tuple[str, ...] | None = None, steps: int = 300, backends: tuple[str, ...] = ("none", "sqlite",
-        "server"), big: bool = True, big_steps: int = 120) -> list[dict]:
+def run(recipes: tuple[str, ...] | None = None, steps: int = 150, backends: tuple[str, ...] = ("none", "sqlite",
+        "server"), big: bool = True, big_steps: int = 40) -> list[dict]:
     cases = [(name, name, [], steps) for name in (recipes or _recipes())]
     if big:
         cases.append(("mnist1d_mlp 21M", "mnist1d_mlp", BIG, big_steps))
@@ -164,7 +164,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--recipes", nargs="*", default=None)
     parser.add_argument("--backends", nargs="*", default=["none", "sqlite", "server"])
     parser.add_argument("--no-big", action="store_true")

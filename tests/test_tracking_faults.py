@@ -101,7 +101,7 @@ class Server:
         self.folder, self.port, self.process = folder, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> Server:
+    def start(self, timeout: float = 600.0) -> Server:  # a busy 2-core machine boots it in minutes
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
                    "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts")]

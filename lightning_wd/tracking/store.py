@@ -21,7 +21,7 @@ from lightning_wd.tracking.uris import TrackingUnavailable, redact, sqlite_path
 
 __all__ = ["LOCK_TIMEOUT_S", "prepare_store", "store_lock"]
 
-LOCK_TIMEOUT_S = 120.0
+LOCK_TIMEOUT_S = 600.0  # creating the tables takes MLflow seconds, minutes on a busy machine
 SERVER_HINT = ("an embedded SQLite store serves a few processes; for many concurrent writers start a tracking "
                "server (mlflow server --backend-store-uri sqlite:///... ) or use PostgreSQL, and pass its URI")
 
@@ -50,8 +50,9 @@ def store_lock(db: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TrackingUnavailable(f"the SQLite store {db} stayed locked by another process for "
-                                              f"{timeout:.0f} s (its lock file: {path}); {SERVER_HINT}") from None
+                    raise TrackingUnavailable(f"the SQLite store {db} stayed locked for {timeout:.0f} s by another "
+                                              f"process creating or opening it (lock file: {path}); {SERVER_HINT}"
+                                              ) from None
                 time.sleep(0.05)
         try:
             yield
