@@ -7,13 +7,14 @@ The URI names load with the package; every other name loads its module on first 
 Modules, one concern each:
 
 ============== ===========================================================================================
-``uris``        store URIs: default store and experiment, resolution, SQLite paths, redaction, reachability
+``uris``        store URIs: default store and experiment, resolution, SQLite paths, reachability (MLflow or not)
+``redaction``   credentials never leave the process: passwords masked in URIs, text, mappings; private files
 ``logger``      ``mlflow_logger`` (the Lightning ``MLFlowLogger``), artifact location, the trainer's logger
 ``buffered``    ``BufferedMLFlowLogger``: metrics off the training thread; a store that fails never stops the fit
 ``writer``      ``MetricWriter``: the bounded background writer (batches, outage buffer, spill file, ``replay``)
 ``store``       ``prepare_store``: a SQLite store created and migrated once, under a file lock
 ``params``      what a run records as text: ``wd.*``/``optimizer.*`` params, ``lightning_wd.*`` tags, audit
-``artifacts``   ``log_config``: a resolved config as a run artifact
+``artifacts``   ``log_config``: a resolved config as a run artifact (masked); owner-only artifact files
 ``checkpoints`` ``run_id_from_checkpoint``: the run a checkpoint was logged to
 ``record``      ``MLflowRecord``, the callback that logs the decay, and ``find_decay_callback``
 ``save_config`` ``MLflowSaveConfigCallback`` for ``LightningCLI``
