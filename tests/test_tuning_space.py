@@ -224,14 +224,21 @@ def test_float_range_describe_and_math():
     assert math.isclose(r.grid_values()[8], 10 ** -2.8, rel_tol=1e-5)
 
 
-def test_ddp_strategy_that_reruns_the_command_is_refused(tmp_path, monkeypatch, capsys):
+def test_ranks_started_by_a_cluster_are_refused(tmp_path, monkeypatch, capsys):
+    """Strategy ddp itself is supported (tests/test_tuning_ddp.py); processes that torchrun or SLURM started
+    (LOCAL_RANK already set) would each run the whole study."""
     from tuning_toy import write_recipe
 
     monkeypatch.chdir(tmp_path)
+    for name, value in {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(name, value)
     path = write_recipe(tmp_path)
     argv = ["--config", str(path), "--n-trials", "1", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
     assert main(argv) == 2
-    assert "use --trainer.strategy ddp_spawn" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert "torchrun" in line and "each would run the whole study" in line
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_plots_pareto_table_and_summary_lines_from_a_synthetic_study(tmp_path):
