@@ -3,6 +3,14 @@
 Sharded tensors (FSDP2 ``DTensor``s, sharded on dim 0) are handled on their local shards: a dim-0 shard
 holds whole rows, so their norms need no communication; a 1-D tensor (one unit) split across ranks gets
 its squared sum all-reduced (one collective for all such units of a call).
+
+The unit norms are computed without concatenating the tensors: a large tensor (at least
+4096 elements, :func:`~lightning_wd.core.schemes.base.shape_groups`) gets one row-wise ``vector_norm`` of
+its own (one read), and small tensors
+of one shape, dtype and device are stacked and reduced in one call (per-call overhead dominates there).
+The shrink factors are then applied by one ``torch._foreach_mul_`` with a broadcast factor per tensor,
+the views of a stacked group coming from one ``unbind``. Every per-unit quantity (norms, sizes, weights)
+is kept in this *plan order* (group by group), which only sums and the element-wise shrink ever read.
 """
 
 from __future__ import annotations
@@ -11,50 +19,97 @@ import torch
 from torch import Tensor
 
 from lightning_wd.core.distributed import all_reduce_sum, contribution, is_sharded, local, rank, split_unit
-from lightning_wd.core.schemes.base import Scheme
+from lightning_wd.core.schemes.base import Scheme, shape_groups
+
+
+def _units(p: Tensor, q: Tensor) -> tuple[int, int]:
+    """``(units, elements per unit)`` of tensor ``p`` whose local piece is ``q`` (a 1-D/0-d tensor is one unit)."""
+    rows = q.shape[0] if p.ndim > 1 else 1
+    return rows, (q.numel() // rows if rows else 0)
 
 
 def _layout(params: list[Tensor]) -> dict:
     # A tensor of ndim >= 2 has one unit per output row/channel; a 1-D or 0-d tensor is a single unit.
-    # `lengths`: elements of each unit on this rank; `sizes`: elements of each unit in the whole tensor.
+    # Groups: (tensor indices, units per tensor, elements per unit, broadcast shape of a tensor's factors).
     pieces = [local(p) for p in params]
-    rows = [q.shape[0] if p.ndim > 1 else 1 for p, q in zip(params, pieces)]
-    lengths = [q.numel() // r if r else 0 for q, r in zip(pieces, rows) for _ in range(r)]
-    sizes = [(p.numel() // p.shape[0] if p.ndim > 1 else p.numel()) for p, r in zip(params, rows) for _ in range(r)]
-    split = [split_unit(p) for p, r in zip(params, rows) for _ in range(r)]
-    # Weight of each unit in a sum over ranks (only DTensors lead to one): rows of a shard count where they
-    # live; a split unit (reduced to its global value) and a replica count on rank 0 only.
     sharded = any(is_sharded(p) for p in params)
-    weight = [(float(rank() == 0) if split_unit(p) else contribution(p)) if sharded else 1.0
-              for p, r in zip(params, rows) for _ in range(r)]
-    shapes = [(r,) + (1,) * (p.ndim - 1) if p.ndim > 1 else (1,) * p.ndim for p, r in zip(params, rows)]
+    large, small = shape_groups(pieces)  # a local piece has its tensor's ndim: one shape, one unit layout
+    groups = [[i] for i in large] + small
+    groups = [g for g in groups if _units(params[g[0]], pieces[g[0]])[0]]  # (0, n) tensors: no unit at all
+    plan, sizes, weight, split, unit_count = [], [], [], [], 0
+    for indices in groups:
+        p, q = params[indices[0]], pieces[indices[0]]
+        rows, length = _units(p, q)
+        shape = (rows,) + (1,) * (p.ndim - 1) if p.ndim > 1 else (1,) * p.ndim
+        plan.append((indices, rows, length, shape))
+        for i in indices:
+            p = params[i]
+            size = p.numel() // p.shape[0] if p.ndim > 1 else p.numel()  # elements of a unit of the whole tensor
+            # Weight of each unit in a sum over ranks (only DTensors lead to one): rows of a shard count where
+            # they live; a split unit (reduced to its global value) and a replica count on rank 0 only.
+            w = (float(rank() == 0) if split_unit(p) else contribution(p)) if sharded else 1.0
+            sizes += [size] * rows
+            weight += [w] * rows
+            if split_unit(p):
+                split.append(unit_count)
+            unit_count += rows
     size = torch.tensor(sizes, dtype=torch.long)
-    return {"rows": rows, "row_sizes": torch.tensor(lengths, dtype=torch.long), "sizes": size,
-            "sqrt_sizes": size.double().sqrt(), "shapes": shapes, "weight": torch.tensor(weight, dtype=torch.float64),
-            "split": torch.tensor([i for i, s in enumerate(split) if s], dtype=torch.long) if any(split) else None}
+    return {"plan": plan, "sizes": size, "sqrt_sizes": size.double().sqrt(),
+            "weight": torch.tensor(weight, dtype=torch.float64),
+            "split": torch.tensor(split, dtype=torch.long) if split else None, "devices": {}}
 
 
 def _cached(params: list[Tensor], state: dict) -> dict:
-    key = tuple((tuple(p.shape), tuple(local(p).shape)) for p in params)
+    key = tuple((tuple(p.shape), tuple(local(p).shape), local(p).dtype) for p in params)
     if state.get("layout_key") != key:
         state["layout_key"] = key
         state["layout"] = _layout(params)
     return state["layout"]
 
 
-def row_norms(params: list[Tensor], state: dict) -> Tensor:
-    """L2 norm of every output unit of every tensor (this rank's units of sharded ones), concatenated.
+def _on(layout: dict, name: str, like: Tensor) -> Tensor:
+    """``layout[name]`` on ``like``'s device and dtype, converted once and cached."""
+    key = (name, like.device, like.dtype)
+    found = layout["devices"].get(key)
+    if found is None:
+        found = layout["devices"][key] = layout[name].to(device=like.device, dtype=like.dtype)
+    return found
 
-    The layout (units per tensor) is cached in ``state``, keyed by the tensors' shapes, so a call with
-    another subset of a bucket's tensors (some without a gradient this step) lays it out afresh.
+
+def row_norms(params: list[Tensor], state: dict) -> Tensor:
+    """L2 norm of every output unit of every tensor (this rank's units of sharded ones), in plan order.
+
+    The layout (units per tensor, groups) is cached in ``state``, keyed by the tensors' shapes, so a call with
+    another subset of a bucket's tensors (some without a gradient this step) lays it out afresh. The order of
+    the units is the layout's (``state["layout"]``), the same for ``sizes``, ``sqrt_sizes`` and ``weight``.
     """
     layout = _cached(params, state)
-    flat = torch.cat([local(p).detach().reshape(-1) for p in params])
-    sums = torch.segment_reduce(flat.square_(), "sum", lengths=layout["row_sizes"].to(flat.device))
+    pieces = [local(p).detach() for p in params]
+    parts = []
+    for indices, rows, length, _ in layout["plan"]:
+        if len(indices) == 1:
+            block = pieces[indices[0]].reshape(1, rows, length)
+        else:
+            block = torch.stack([pieces[i] for i in indices]).reshape(len(indices), rows, length)
+        parts.append(torch.linalg.vector_norm(block, dim=2).reshape(-1))
+    if not parts:
+        return torch.zeros(0, dtype=torch.float64)
+    norms = torch.cat(parts) if len(parts) > 1 else parts[0]
     if layout["split"] is not None:  # 1-D tensors split across ranks: their units' sums, summed over ranks
-        index = layout["split"].to(sums.device)
-        sums[index] = all_reduce_sum(sums[index].contiguous())
-    return sums.sqrt_()
+        index = layout["split"].to(norms.device)
+        norms[index] = all_reduce_sum(norms[index].square().contiguous()).sqrt_()
+    return norms
+
+
+def _factors(scale: Tensor, layout: dict) -> list[Tensor]:
+    """The shrink factors of plan-order ``scale``, one broadcastable tensor per tensor of the plan."""
+    out, start = [], 0
+    for indices, rows, _, shape in layout["plan"]:
+        n = len(indices) * rows
+        block = scale[start:start + n]
+        start += n
+        out += [block.view(shape)] if len(indices) == 1 else block.view(len(indices), *shape).unbind(0)
+    return out
 
 
 class GroupLasso(Scheme):
@@ -81,16 +136,19 @@ class GroupLasso(Scheme):
             return
         norms = row_norms(params, state)
         layout = state["layout"]
-        scale = (1.0 - rate * layout["sqrt_sizes"].to(norms) / norms).nan_to_num_(0.0, 0.0, 0.0).clamp_min_(0.0)
-        scales = [s.view(shape) for s, shape in zip(scale.split(layout["rows"]), layout["shapes"])]
-        torch._foreach_mul_([local(p) for p in params], scales)
+        if not layout["plan"]:
+            return
+        scale = torch.mul(_on(layout, "sqrt_sizes", norms), rate).div_(norms).neg_().add_(1.0)  # 1 - rate * sqrt(p) / norm
+        scale.nan_to_num_(0.0, 0.0, 0.0).clamp_min_(0.0)
+        pieces = [local(params[i]) for indices, *_ in layout["plan"] for i in indices]
+        torch._foreach_mul_(pieces, _factors(scale, layout))
 
     def penalty(self, params, strength, state):
         if not params:
             return torch.zeros(())
         norms = row_norms(params, state)
         layout = state["layout"]
-        return strength * (norms * layout["sqrt_sizes"].to(norms) * layout["weight"].to(norms)).sum()
+        return strength * (norms * _on(layout, "sqrt_sizes", norms) * _on(layout, "weight", norms)).sum()
 
     def extra_stats(self, params, state):
         return {"wd/dead_units": self._dead(params, state) if params else 0.0}
