@@ -180,14 +180,15 @@ def test_stats_cover_only_tensors_an_optimizer_holds(quiet_trainer):
 
 @pytest.mark.parametrize("zero_tolerance", [0.0, 1e-3])
 def test_bulk_counts_equal_one_count_nonzero_per_tensor(zero_tolerance):
-    """Small tensors are counted together (one concatenation and a bincount): the counts are those of one
-    ``count_nonzero`` per tensor, as before, in every dtype, mixed with large tensors counted alone."""
+    """Small tensors of one shape are counted together (stacked, from 8 on): the counts are those of one
+    ``count_nonzero`` per tensor, as before, in every dtype, mixed with tensors counted alone."""
     gen = torch.Generator().manual_seed(4)
     params = []
     for k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),
                                         ((16, 16), torch.float32), ((), torch.float64), ((3, 3, 3), torch.bfloat16),
                                         ((0,), torch.float32), ((5,), torch.float64), ((4096,), torch.bfloat16),
-                                        ((7, 0), torch.float64), ((9,), torch.bfloat16)]):
+                                        ((7, 0), torch.float64), ((9,), torch.bfloat16)]
+                                       + [((4, 4), torch.float32)] * 9 + [((3,), torch.float64)] * 8):
         t = torch.randn(shape, generator=gen, dtype=torch.float64) * 1e-2
         t = (t * (torch.rand(shape, generator=gen, dtype=torch.float64) > 0.3)).to(dtype)
         params.append(t)
