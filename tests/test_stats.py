@@ -179,9 +179,9 @@ def test_stats_cover_only_tensors_an_optimizer_holds(quiet_trainer):
 
 
 @pytest.mark.parametrize("zero_tolerance", [0.0, 1e-3])
-def test_bulk_counts_equal_one_count_nonzero_per_tensor(zero_tolerance):
-    """Small tensors of one shape are counted together (stacked, from 8 on): the counts are those of one
-    ``count_nonzero`` per tensor, as before, in every dtype, mixed with tensors counted alone."""
+def test_counts_equal_one_count_nonzero_per_tensor(zero_tolerance):
+    """The counts (with and without a tolerance) are those of one ``count_nonzero`` per tensor of the
+    previous code (``_foreach_abs``/``_foreach_sub_``/``_foreach_clamp_min_`` for the tolerance), in every dtype."""
     gen = torch.Generator().manual_seed(4)
     params = []
     for k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from lightning_wd.core.distributed import all_reduce_sum, contribution, local, needs_collective
-from lightning_wd.core.schemes.base import shape_groups
 
 __all__ = ["decay_stats", "effective_weights", "needs_all_ranks", "nonzero_counts", "weight_stats"]
 
@@ -30,45 +29,20 @@ def _norms(params: list[Tensor]) -> list[Tensor]:
 def nonzero_counts(params: list[Tensor], zero_tolerance: float = 0.0) -> list[Tensor]:
     """Per tensor, how many elements have ``|w| > zero_tolerance`` (exact int64 0-d tensors, no host sync).
 
-    ``torch.count_nonzero`` per large tensor: exact in every dtype, and measured faster on CPU than
-    ``torch._foreach_norm(..., ord=0)``. Small tensors (under 4096 elements) of one shape, dtype and device
-    are stacked (from 8 of them on) and counted in one call (one ``count_nonzero`` each was the cost of statistics on many small
-    tensors). It runs only at the statistics interval, never on the step.
+    ``torch.count_nonzero`` per tensor: exact in every dtype, and measured faster on CPU than
+    ``torch._foreach_norm(..., ord=0)`` for both few large and many small tensors, and than counting stacks
+    of small same-shape tensors or one concatenation (on many small tensors the cost is the per-tensor call,
+    which stacking does not remove). It runs only at the statistics interval, never on the step.
 
     Example:
         >>> [int(c) for c in nonzero_counts([torch.tensor([0.0, 1e-9, 2.0])], zero_tolerance=1e-6)]
         [1]
     """
-    return list(_count_vector(params, zero_tolerance).unbind(0)) if params else []
-
-
-_STACK_MIN = 8  # small tensors of one shape are stacked from this many on (measured: fewer count faster alone)
-
-
-def _count_vector(params: list[Tensor], zero_tolerance: float) -> Tensor:
-    """The counts of :func:`nonzero_counts` as one int64 vector (in the order of ``params``)."""
-    large, groups = shape_groups(params)
-    large += [i for group in groups if len(group) < _STACK_MIN for i in group]  # a stack would cost more
-    groups = [group for group in groups if len(group) >= _STACK_MIN]
-    if not groups:
-        large = range(len(params))  # every tensor alone: in their own order
-    singles = torch.stack([torch.count_nonzero(_above(params[i], zero_tolerance)) for i in large]) if large else None
-    if not groups:
-        return singles
-    device = params[0].device
-    parts, order = ([singles.to(device)] if large else []), list(large)
-    for group in groups:
-        first = params[group[0]]
-        block = _above(torch.stack([params[i] for i in group]), zero_tolerance)
-        parts.append(block.ne(0).reshape(len(group), first.numel()).sum(1).to(device))
-        order += group
-    counts = torch.cat(parts) if len(parts) > 1 else parts[0]
-    return torch.empty_like(counts).index_copy_(0, torch.tensor(order, device=device), counts)
-
-
-def _above(tensor: Tensor, zero_tolerance: float) -> Tensor:
-    """``tensor`` as is (tolerance 0), else ``max(|w| - zero_tolerance, 0)``: non-zero where ``|w| > zero_tolerance``."""
-    return tensor if zero_tolerance <= 0 else tensor.abs().sub_(zero_tolerance).clamp_min_(0.0)
+    if zero_tolerance > 0:
+        params = torch._foreach_abs(params)
+        torch._foreach_sub_(params, zero_tolerance)
+        torch._foreach_clamp_min_(params, 0.0)
+    return [torch.count_nonzero(p) for p in params]
 
 
 @torch.no_grad()
@@ -103,9 +77,10 @@ def weight_stats(
     """
     if not params:
         return {}
+    # no per-tensor detach: this runs under no_grad (measured 0.6 us a tensor, a tenth of the pass on small ones)
     collective = needs_collective(params)
     pieces = [local(p) for p in params] if collective else params
-    counts = _count_vector(pieces, zero_tolerance).double()
+    counts = torch.stack(nonzero_counts(pieces, zero_tolerance)).double()
     squares = torch.stack(_norms(pieces)).double().square()
     if collective:  # a shard counts on its rank, a replica on rank 0 only
         weights = torch.tensor([contribution(p) for p in params], dtype=torch.float64, device=counts.device)
