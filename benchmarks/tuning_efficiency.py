@@ -72,7 +72,8 @@ def run(train_seeds: tuple[int, ...] = (0, 1, 2), study_seeds: tuple[int, ...] =
         best, worst = max(means.values()), min(means.values())
         for s in sorted(values):
             rows.append({"study": "grid point", "seed": f"{len(values[s])} seeds", "strength": s,
-                         "val_acc": means[s], "sd": statistics.stdev(values[s]) if len(values[s]) > 1 else float("nan"),
+                         "val_acc": means[s],
+                         "sd": statistics.stdev(values[s]) if len(values[s]) > 1 else float("nan"),
                          "epochs_to_target": "-", "share_of_grid": "-"})
         grid_epochs = grid_points * epochs
         target = best - pooled_sd if pooled_sd == pooled_sd else best
