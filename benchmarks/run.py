@@ -39,6 +39,8 @@ SECTIONS = {
     "import_time": ("6. import time beyond `import lightning`", "<= 0.3 s", 60),
     "drop_in": ("7. Drop-in: one AdamW step, callback's default path (groups kept) and opt-in split vs hand-built "
                 "groups", "no target stated; README quotes these ratios", 30),
+    "diagnostics_cost": ("8. Equilibrium diagnostics (ratios, angle, equilibrium, stable rank): share of training "
+                         "time at the default interval", "share_at_interval <= 1 %", 40),
 }
 
 

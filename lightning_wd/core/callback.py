@@ -13,6 +13,7 @@ from typing_extensions import override
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
 from lightning_wd.core.decay_step import OptimizerDecay
+from lightning_wd.core.diagnostics import Diagnostics
 from lightning_wd.core.distributed import check_strategy
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
@@ -77,6 +78,10 @@ class WeightDecay(Callback):
         log_every_n_steps: statistics interval in optimizer steps (default: the Trainer's); the statistics
             are also logged once at the end of training (rank zero only; each entry goes to ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
+        diagnostics: also log the equilibrium diagnostics at the statistics interval (per tensor too with
+            ``per_layer_stats``): ``wd/grad_weight_ratio``, ``wd/update_weight_ratio``, ``wd/angular_update``,
+            ``wd/equilibrium_ratio``, ``wd/stable_rank`` (:mod:`lightning_wd.core.diagnostics`; the decayed
+            tensors are copied on the step before each logging step only).
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
         split_groups: split the optimizer's groups so that it decays natively (changes the groups; opt-in).
@@ -112,12 +117,14 @@ class WeightDecay(Callback):
         zero_tolerance: float = 0.0,
         log_every_n_steps: int | None = None,
         per_layer_stats: bool = True,
+        diagnostics: bool = True,
         print_audit: bool = True,
         native: bool = True,
         split_groups: bool = False,
     ) -> None:
         check_fraction(l1_ratio, "l1_ratio")
-        for argument, value in (("per_layer_stats", per_layer_stats), ("print_audit", print_audit),
+        for argument, value in (("per_layer_stats", per_layer_stats), ("diagnostics", diagnostics),
+                                ("print_audit", print_audit),
                                 ("native", native), ("split_groups", split_groups)):
             check_bool(value, argument)
         self._scheme_given = scheme is not None
@@ -160,6 +167,7 @@ class WeightDecay(Callback):
         self.zero_tolerance = _number(zero_tolerance, "zero_tolerance")
         self.log_every_n_steps = log_every_n_steps
         self.per_layer_stats = per_layer_stats
+        self.diagnostics = diagnostics
         self.print_audit = print_audit
         self.native = native
         self.split_groups = split_groups
@@ -179,6 +187,8 @@ class WeightDecay(Callback):
         self._module: LightningModule | None = None
         self._trainer: Trainer | None = None
         self._applied: float | None = None
+        self._diagnostics = Diagnostics(per_tensor=self.per_layer_stats) if self.diagnostics else None
+        self._total_steps: float | None = None
 
     # ------------------------------------------------------------------ description
     @property
@@ -219,6 +229,7 @@ class WeightDecay(Callback):
             if isinstance(optimizer, torch.optim.LBFGS):
                 raise ValueError("WeightDecay does not support LBFGS (it evaluates the closure several times per step)")
         self.schedule.set_total_steps(trainer.estimated_stepping_batches)
+        self._total_steps = trainer.estimated_stepping_batches
         self._fitting = True
         if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in pl_module.parameters()):
             self._deferred = True  # lazy modules: plan at the first step, once the forward has shaped them
@@ -395,7 +406,21 @@ class WeightDecay(Callback):
         stats = decay_stats(self.decays, pl_module or self._module, zero_tolerance=self.zero_tolerance,
                             per_tensor=self.per_layer_stats)
         stats["wd/strength"] = self.current_strength()
+        if self._diagnostics is not None:
+            step = self._trainer.global_step if self._trainer is not None else -1
+            stats.update(self._diagnostics.compute(self.decays, step))
         return stats
+
+    @override
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # The diagnostics' snapshot of w (before the update), on the step before a logging step only.
+        if self._diagnostics is None or not self.decays:
+            return
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if not self._diagnostics.due(trainer.global_step, every, self._total_steps):
+            return
+        if trainer.is_global_zero or needs_all_ranks(self.decays):
+            self._diagnostics.snapshot([d for d in self.decays if d.optimizer is optimizer], trainer.global_step)
 
     def _log_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step

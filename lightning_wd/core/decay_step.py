@@ -156,6 +156,13 @@ class OptimizerDecay:
             value *= float(group.get("weight_decay", 0.0) if user_decay is None else user_decay)
         return value
 
+    def rate(self, bucket: Bucket) -> float:
+        """The decay rate of ``bucket`` at this step (``1 - rate`` is a decoupled scheme's factor), also inside a
+        step, while the user's ``weight_decay`` is held aside."""
+        lr = float(self.optimizer.param_groups[bucket.index]["lr"])
+        strength = self.strength(bucket, self._user_decay.get(bucket.index))
+        return decay_rate(self.coupling, strength, lr, bucket.lr0, bucket.lr_max)
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def before(self) -> None:
