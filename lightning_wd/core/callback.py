@@ -48,7 +48,8 @@ class WeightDecay(Callback):
     checkpoint saved with WeightDecay resumes without it.
 
     Args:
-        scheme: ``decoupled``, ``l2``, ``l1``, ``elastic_net``, ``group_lasso``, ``l2_sp``, ``cautious``, or
+        scheme: ``decoupled``, ``l2``, ``l1``, ``elastic_net``, ``group_lasso``, ``l2_sp``, ``cautious``,
+            ``target_norm`` (weight norm control), ``selective_projection`` (SPD), or
             a :class:`~lightning_wd.core.schemes.Scheme` (instance or subclass) of your own. Default
             (None): ``decoupled``; with ``strength=None``, the optimizer's own kind (AdamW: decoupled;
             SGD, Adam, RMSprop, ...: ``l2``).
@@ -72,8 +73,8 @@ class WeightDecay(Callback):
         exclude_norm: parameters of normalisation layers do not decay.
         exclude_embeddings: embedding tables do not decay.
         use_model_no_weight_decay: honour the model's ``no_weight_decay()`` declarations.
-        reference: for schemes that decay toward reference weights (``l2_sp``): a state dict (or a path to
-            one); default: the weights at the start of training.
+        reference: for schemes that decay toward reference weights (``l2_sp``, ``selective_projection``): a state
+            dict (or a path to one); default: the weights at the start of training.
         zero_tolerance: statistics count ``|w| <= zero_tolerance`` as zero.
         log_every_n_steps: statistics interval in optimizer steps (default: the Trainer's); the statistics
             are also logged once at the end of training (rank zero only; each entry goes to ``history``).

@@ -88,12 +88,16 @@ def _matrix(tensor: Tensor) -> Tensor:
 
 def _start(vectors: dict, key, side: int, dtype: torch.dtype, device) -> Tensor:
     """The previous vector of ``key``, or a unit vector drawn from a generator seeded by ``side`` (the same on every
-    rank, so sharded and single-process runs iterate alike)."""
+    rank, so sharded and single-process runs iterate alike). Exact zeros of a previous vector (columns that were
+    zero, e.g. under L1) are refilled from the fresh draw, so that directions that come back are found again."""
+    fresh = torch.randn(side, generator=torch.Generator().manual_seed(side), dtype=torch.float64)
+    fresh = fresh.to(device=device, dtype=dtype)
     v = vectors.get(key)
     if v is None or v.shape != (side,):
-        v = torch.randn(side, generator=torch.Generator().manual_seed(side), dtype=torch.float64)
-    v = v.to(device=device, dtype=dtype)
-    return _unit(v)
+        return _unit(fresh)
+    v = _unit(v.to(device=device, dtype=dtype))
+    filled = torch.where(v == 0, fresh * 1e-3, v)  # on the device: no host sync
+    return _unit(filled)
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -163,7 +167,7 @@ def stable_ranks(matrices: list[Tensor], iterations: int = 10, vectors: dict | N
     sigma_sq, frobenius_sq = (all_reduce_sum(sums) if collective else sums).cpu().tolist()
     for key, v in zip(keys, vs):
         vectors[key] = v
-    return [f / s if f > 0 else math.nan for s, f in zip(sigma_sq, frobenius_sq)]
+    return [f / s if f > 0 and s > 0 else math.nan for s, f in zip(sigma_sq, frobenius_sq)]
 
 
 @dataclass

@@ -109,8 +109,9 @@ def full(tensor: Tensor) -> Tensor:
 
 def like(value: Tensor, param: Tensor) -> Tensor:
     """``value`` (a full tensor, or a DTensor) as a fresh tensor laid out like ``param``: its device, dtype
-    and, for a ``DTensor`` ``param``, its mesh and placements (this rank's slice; no communication)."""
-    if not is_sharded(param):
+    and, for a ``DTensor`` ``param``, its mesh and placements (this rank's slice; no communication). A 0-d
+    ``value`` (a per-tensor number such as a target norm) stays a plain 0-d tensor on ``param``'s device."""
+    if not is_sharded(param) or (value.ndim == 0 and not is_sharded(value)):
         return full(value).to(device=param.device, dtype=param.dtype).clone()
     if is_sharded(value):
         value = value.redistribute(param.device_mesh, param.placements)
