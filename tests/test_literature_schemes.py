@@ -80,7 +80,7 @@ def test_selective_projection_takes_both_branches_like_the_for_loop_reference():
     opts = [ref.Adam(0.05) for _ in ws]
     scheme, state, chosen = SelectiveProjection(), {}, []
     scheme.prepare(params, state)
-    for step in range(80):
+    for _ in range(80):
         noise = [0.5 * torch.randn(s, generator=gen, dtype=DT) for s in SHAPES]
         for p, t, n in zip(params, targets, noise):
             p.grad = (p.detach() - t) + n

@@ -64,7 +64,11 @@ class WeightDecay(Callback):
             (Wang & Aitchison 2024); lambda is derived per group from its initial lr and the optimizer
             steps per epoch, so a setting transfers across dataset and batch size.
         lr_coupling: how lr enters the decay rate: ``lr`` (``lr * lambda``, PyTorch), ``lr_ratio``
-            (``lambda * lr / lr0``), ``none`` (``lambda``), ``corrected`` (``lambda * lr^2 / lr_max``, AdamC).
+            (``lambda * lr / lr0``), ``none`` (``lambda``), ``corrected`` (AdamC as its paper defines it:
+            ``lambda * lr^2 / lr_max`` on the tensors of layers that feed a normalisation layer, ``lr * lambda`` on
+            the others; the audit shows which), ``corrected_all`` (``lambda * lr^2 / lr_max`` everywhere, timm).
+        normalized_layers: with ``lr_coupling="corrected"``: globs of the parameter names that get the corrected
+            decay, instead of detecting the layers that feed a norm layer (:mod:`lightning_wd.core.normalized`).
         exclude: globs of parameter names (or ``type:`` globs of module classes) that do not decay.
         include: globs that decay even where a default rule excludes them.
         multipliers: ``{glob: factor}``: matching decayed tensors decay with ``strength * factor``.
@@ -106,6 +110,7 @@ class WeightDecay(Callback):
         warmup_steps: int = 0,
         timescale_epochs: float | None = None,
         lr_coupling: str = "lr",
+        normalized_layers: list[str] | None = None,
         exclude: list[str] | None = None,
         include: list[str] | None = None,
         multipliers: dict[str, float] | None = None,
@@ -137,6 +142,12 @@ class WeightDecay(Callback):
         if not self.scheme.uses_lr and lr_coupling != "lr":
             raise ValueError(f"`lr_coupling` does not apply to scheme={self.scheme.name!r} (the lr never enters "
                              "its decay); leave it 'lr'")
+        if normalized_layers is not None and lr_coupling != "corrected":
+            raise ValueError("`normalized_layers` applies to lr_coupling='corrected' only")
+        if normalized_layers is not None and (isinstance(normalized_layers, str)
+                                              or not all(isinstance(g, str) for g in normalized_layers)):
+            raise ValueError(f"`normalized_layers` must be a list of glob strings, got {normalized_layers!r}")
+        self.normalized_layers = None if normalized_layers is None else list(normalized_layers)
         relative = timescale_epochs is not None or self.strength is None
         if timescale_epochs is not None:
             if _number(timescale_epochs, "timescale_epochs") == 0:
@@ -241,7 +252,7 @@ class WeightDecay(Callback):
     def _build(self, trainer: Trainer, pl_module: LightningModule, steps: list[int] | None = None) -> None:
         """Plan, check the checkpoint's decisions, and set up the decay of every optimizer."""
         self._planner = Planner(pl_module, self.rules, self.scheme, self.strength is None,
-                                self.timescale_epochs, self.lr_coupling)
+                                self.timescale_epochs, self.lr_coupling, self.normalized_layers)
         self._check_resume()
         if self.strength is None and not self._scheme_given:
             self.scheme = self._planner.own_scheme(trainer.optimizers, self.scheme)
@@ -255,6 +266,7 @@ class WeightDecay(Callback):
                 coupling=self.lr_coupling, native=self.native, per_group_strength=self.strength is None,
                 lr_max_of=lambda group: float(group.get("max_lr", 0.0)),
                 group_scale=self._planner.timescale(trainer) if self.timescale_epochs else None,
+                coupling_of=self._planner.coupling_of,
             ) if self._active else None
             if decay is None:
                 continue
