@@ -26,7 +26,8 @@ angles far below ``sqrt(eps)``, where ``arccos`` of the cosine rounds to 0). Eve
 so under sharded training (FSDP2 ``DTensor``s) each rank sums its shards and one all-reduce per interval gives
 the whole tensors' values. The stable rank's power iteration (10 iterations at the first interval, then one per
 interval warm-started from the previous vector, so it converges over a run while the weights move slowly)
-needs one all-reduce per iteration there.
+needs one all-reduce per iteration there; FSDP1's flat pieces hold no whole rows, so tensors kept as such
+pieces have no stable rank.
 
 Cost: ``w`` is copied only on the step before a logging step (a transient copy of the decayed tensors, freed at
 the log); the other steps pay one integer comparison in the hook.
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_wd.core.distributed import all_reduce_sum, contribution, local, needs_collective
+from lightning_wd.core.distributed import all_reduce_sum, contribution, flat_shard, local, needs_collective
 
 __all__ = ["DIAGNOSTICS", "Diagnostics", "angle_from_sides", "stable_ranks"]
 
@@ -282,7 +283,7 @@ class Diagnostics:
         for decay in decays:
             for bucket in decay.buckets:
                 for name, p in zip(bucket.names, bucket.params):
-                    if p.ndim >= 2 and p.numel():
+                    if p.ndim >= 2 and p.numel() and flat_shard(p) is None:  # FSDP1 pieces hold no whole rows
                         names.append(name)
                         mats.append(p)
         if not mats:
