@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,18 +88,23 @@ def _matrix(tensor: Tensor) -> Tensor:
     return m.float() if m.dtype in (torch.float16, torch.bfloat16) else m
 
 
+@functools.lru_cache(maxsize=256)
+def _fresh(side: int) -> Tensor:
+    """A unit vector drawn from a generator seeded by ``side`` (the same on every rank and in every call)."""
+    v = torch.randn(side, generator=torch.Generator().manual_seed(side), dtype=torch.float64)
+    return v / v.norm()
+
+
 def _start(vectors: dict, key, side: int, dtype: torch.dtype, device) -> Tensor:
-    """The previous vector of ``key``, or a unit vector drawn from a generator seeded by ``side`` (the same on every
-    rank, so sharded and single-process runs iterate alike). Exact zeros of a previous vector (columns that were
-    zero, e.g. under L1) are refilled from the fresh draw, so that directions that come back are found again."""
-    fresh = torch.randn(side, generator=torch.Generator().manual_seed(side), dtype=torch.float64)
-    fresh = fresh.to(device=device, dtype=dtype)
+    """The previous vector of ``key`` or the fresh one of ``side``, so that sharded and single-process runs iterate
+    alike. Exact zeros of a previous vector (columns that were zero, e.g. under L1) are refilled from the fresh
+    draw, so that directions that come back are found again."""
+    fresh = _fresh(side).to(device=device, dtype=dtype)
     v = vectors.get(key)
     if v is None or v.shape != (side,):
-        return _unit(fresh)
-    v = _unit(v.to(device=device, dtype=dtype))
-    filled = torch.where(v == 0, fresh * 1e-3, v)  # on the device: no host sync
-    return _unit(filled)
+        return fresh
+    v = v.to(device=device, dtype=dtype)
+    return _unit(torch.where(v == 0, fresh * 1e-3, v))  # on the device: no host sync
 
 
 def _unit(v: Tensor) -> Tensor:
@@ -147,22 +153,31 @@ def stable_ranks(matrices: list[Tensor], iterations: int = 10, vectors: dict | N
     warm = all(vectors.get(key) is not None and vectors[key].shape == (m.shape[1],) for key, m in zip(keys, mats))
     if warm and warm_iterations is not None:
         iterations = warm_iterations
-    vs = [_start(vectors, key, m.shape[1], m.dtype, m.device) for key, m in zip(keys, mats)]
     if collective:
+        vs = [_start(vectors, key, m.shape[1], m.dtype, m.device) for key, m in zip(keys, mats)]
         for _ in range(iterations):
             products = [torch.mv(m.T, torch.mv(m, v)) for m, v in zip(mats, vs)]
             flat = all_reduce_sum(torch.cat([w * p for w, p in zip(weights, products)]))
             vs = [_unit(p) for p in torch.split(flat, [m.shape[1] for m in mats])]
-    else:
+        sigma_sq = torch.stack([torch.mv(m, v).double().square().sum() for m, v in zip(mats, vs)])
+    else:  # one batch of small matrices of one shape at a time: starts, iterations and sigma in stacked ops
+        vs, sigmas = [None] * len(mats), [None] * len(mats)
         for members in _batches(mats):
-            stack = torch.stack([mats[i] for i in members]) if len(members) > 1 else mats[members[0]].unsqueeze(0)
-            v = torch.stack([vs[i] for i in members]).unsqueeze(2)
+            first = mats[members[0]]
+            stack = torch.stack([mats[i] for i in members]) if len(members) > 1 else first.unsqueeze(0)
+            fresh = _fresh(first.shape[1]).to(device=first.device, dtype=first.dtype)
+            previous = [vectors.get(keys[i]) for i in members]
+            v = torch.stack([p.to(device=first.device, dtype=first.dtype) if p is not None and p.shape == fresh.shape
+                             else fresh for p in previous])
+            v = torch.where(v == 0, fresh * 1e-3, v).unsqueeze(2)  # refill exact zeros (see _start)
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
             for _ in range(iterations):
                 v = torch.bmm(stack.transpose(1, 2), torch.bmm(stack, v))
                 v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+            sigma = torch.bmm(stack, v).double().square().sum(dim=(1, 2))
             for j, i in enumerate(members):
-                vs[i] = v[j, :, 0]
-    sigma_sq = torch.stack([torch.mv(m, v).double().square().sum() for m, v in zip(mats, vs)])
+                vs[i], sigmas[i] = v[j, :, 0], sigma[j]
+        sigma_sq = torch.stack(sigmas)
     frobenius_sq = torch.stack(_norms(mats)).double().square()
     sums = torch.stack([sigma_sq, frobenius_sq]) * torch.tensor(weights, dtype=torch.float64, device=sigma_sq.device)
     sigma_sq, frobenius_sq = (all_reduce_sum(sums) if collective else sums).cpu().tolist()
@@ -234,7 +249,7 @@ class Diagnostics:
         grads = [local(p.grad.detach()) for p in params]
         grad_sq = torch.stack(_norms(grads)).double().square()
         w_sq = torch.stack(_norms(pieces)).double().square()
-        before = [t.clone() for t in pieces]
+        before = torch._foreach_mul(pieces, 1.0)  # the copies, in one foreach call
         key = id(decays[0].optimizer) if decays else 0
         self.snapshots[key] = _Snapshot(step + 1, names, params, before, w_sq, grad_sq, lrs, rates, decoupled)
 
