@@ -121,6 +121,10 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
         t.table9(runs, {"L2": "l2", "L1": "l1", "batch normalisation": "batchnorm"}, n),
         t.table10(runs, "decoupled", n),
     ]
+    from lightning_wd.apps.report.literature import adamc_section, low_rank_section
+
+    sections += [adamc_section(out, seeds=seeds, steps=300 if quick else 500),
+                 low_rank_section(out, seeds=seeds, steps=600 if quick else 1500)]
     by = {s.key: s for s in settings}
     figures.curves(out / "curves.png", {"no decay": runs["none"], "decoupled": runs["decoupled"]},
                    [("train/acc", "train accuracy"), ("val/acc", "validation accuracy")], "With and without decay")

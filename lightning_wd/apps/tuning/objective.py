@@ -165,6 +165,12 @@ class TrialMonitor(Callback):
         self.wd_stats = {k: float(v) for k, v in stats.items() if k.count("/") == 1 and _finite(v) is not None}
         for key, value in self.wd_stats.items():
             self.trial.set_user_attr(key, value)
+        if wd.timescale_epochs and trainer.optimizers:  # what best.yaml's transfer rule quotes
+            from lightning_wd.core.planning import steps_per_epoch
+
+            group = trainer.optimizers[0].param_groups[0]
+            self.trial.set_user_attr("timescale/lr", float(group.get("initial_lr", group["lr"])))
+            self.trial.set_user_attr("timescale/steps_per_epoch", steps_per_epoch(trainer))
 
 
 class Objective:

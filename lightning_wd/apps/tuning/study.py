@@ -225,6 +225,10 @@ def _finish(study: Any, settings: Settings, record: Any, progress: _Progress) ->
               "run it as is: lightning-wd fit --config best.yaml"]
     if settings.overrides:
         header.append(f"the study's trials also had: {' '.join(settings.overrides)}")
+    tau = best.params.get("timescale_epochs", settings.space.fixed.get("timescale_epochs"))
+    if tau:
+        header += report.transfer_rule(float(tau), best.user_attrs.get("timescale/lr"),
+                                       best.user_attrs.get("timescale/steps_per_epoch"))
     best_path = report.write_best(out / "best.yaml", best_recipe(settings.recipe, settings.space, best.params), header)
     artifacts.append(best_path)
     artifacts += report.plot_study(study, out, names, settings.space.names)
