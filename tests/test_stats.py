@@ -199,7 +199,7 @@ def test_counts_equal_one_count_nonzero_per_tensor(zero_tolerance):
     previous code (``_foreach_abs``/``_foreach_sub_``/``_foreach_clamp_min_`` for the tolerance), in every dtype."""
     gen = torch.Generator().manual_seed(4)
     params = []
-    for k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),
+    for _k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),
                                         ((16, 16), torch.float32), ((), torch.float64), ((3, 3, 3), torch.bfloat16),
                                         ((0,), torch.float32), ((5,), torch.float64), ((4096,), torch.bfloat16),
                                         ((7, 0), torch.float64), ((9,), torch.bfloat16)]
