@@ -59,7 +59,7 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path
     assert states(study) == ["COMPLETE", "COMPLETE"]
     c = client()
     parent = runs(c, **{"lightning_wd.kind": "study"})[0]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "study toy"
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["space.strength"] == "log[1e-05, 0.01]"
     assert parent.data.metrics["best_value"] == study.best_value
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
@@ -69,6 +69,11 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path
     for run in children:
         trial = study.trials[int(run.data.tags["optuna.trial_number"])]
         assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+        from lightning_wd.tracking.params import format_strength
+
+        label = f"l2 λ={format_strength(trial.params['strength'])}"
+        assert run.info.run_name == f"trial {trial.number} · {label} seed 0"  # what it is, not a drawn name
+        assert run.data.tags["lightning_wd.setting"] == label and run.data.tags["optuna.study_name"] == "toy"
         assert float(run.data.params["tune.strength"]) == pytest.approx(trial.params["strength"])
         assert run.data.metrics["optuna.value"] == pytest.approx(trial.value)
         assert "wd/nonzero_fraction" in run.data.metrics and "wd.scheme" in run.data.params  # MLflowRecord
@@ -94,6 +99,7 @@ def test_rerun_resumes_the_study_without_duplicating_trials(basic, monkeypatch, 
     parents = runs(c, **{"lightning_wd.kind": "study"})
     children = [len(runs(c, **{"mlflow.parentRunId": p.info.run_id})) for p in parents]
     assert children[-2:] == [0, 1] and all(p.info.status == "FINISHED" for p in parents)
+    assert [p.info.run_name for p in parents[-2:]] == ["study toy (resumed at trial 2)"] * 2
     assert_no_run_left_running(c)
 
 
@@ -124,6 +130,10 @@ def test_pruned_trial_stops_early_and_its_run_is_not_failed(tmp_path, monkeypatc
     c = client()
     run = runs(c, **{"optuna.trial_number": "0"})[0]
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+    # what the MLflow UI's search box does: PRUNED trials of a study by their tags
+    found = c.search_runs([run.info.experiment_id],
+                          "tags.`optuna.state` = 'PRUNED' and tags.`optuna.study_name` = 'toy'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
     assert len(c.get_metric_history(run.info.run_id, "val/acc")) == 1  # stopped after epoch 0 of 3
     assert_no_run_left_running(c)
 
@@ -211,3 +221,7 @@ def test_ddp_spawn_trial_reports_from_rank_zero_and_is_pruned(tmp_path, monkeypa
     assert trial.user_attrs["pruned_at_round"] == 0 and "wd/nonzero_fraction" in trial.user_attrs
     run = runs(client(), **{"optuna.trial_number": "0"})[0]
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+    # what the MLflow UI's search box does: PRUNED trials of a study by their tags
+    found = c.search_runs([run.info.experiment_id],
+                          "tags.`optuna.state` = 'PRUNED' and tags.`optuna.study_name` = 'toy'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]

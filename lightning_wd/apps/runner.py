@@ -23,7 +23,7 @@ from lightning_wd.apps.errors import ConfigError, debug_enabled
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 
-__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "describe"]
+__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "describe", "run_name"]
 
 PROG = "lightning-wd"
 #: ``logger=DEFAULT_LOGGER``: MLflow unless the recipe sets ``trainer.logger`` (or ``fast_dev_run``)
@@ -199,9 +199,11 @@ def _cli_classes():
             ckpt = self._get(self.config, "ckpt_path")
             try:
                 run_id = tracking.run_id_from_checkpoint(ckpt) if ckpt and os.path.isfile(ckpt) else None
+                name = self._get(self.config, "run_name") or run_name(self._get(self.config, "trainer"),
+                                                                      self._get(self.config, "model"))
                 return tracking.mlflow_logger(experiment_name=self._get(self.config, "experiment"),
                                               tracking_uri=self._get(self.config, "tracking_uri"),
-                                              run_name=self._get(self.config, "run_name"), run_id=run_id)
+                                              run_name=name, run_id=run_id)
             except (tracking.TrackingUnavailable, ValueError) as exc:
                 raise ConfigError(one_line(exc)) from exc
 
@@ -224,6 +226,45 @@ def _cli_classes():
             tracking.log_config(self.trainer, text)
 
     return WeightDecayCLI, OneLineErrorParser
+
+
+def _plain(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def run_name(trainer_config: Any, model_config: Any = None, seed: Any = None) -> str:
+    """The MLflow run name of a fit from what it is: ``l1 λ=1e-2 seed 0``.
+
+    The scheme and strength are the WeightDecay callback's in ``trainer.callbacks`` (its defaults when
+    unset: ``decoupled``, strength ``native`` = the optimizer's own), else the model's ``weight_decay``
+    argument (scheme ``native``); the seed is ``seed_everything``'s (Lightning's ``PL_GLOBAL_SEED``, set
+    before the logger is built). MLflow's own names are drawn from a seeded generator, so every fit of a
+    recipe would get the same one.
+
+    Example:
+        >>> run_name({"callbacks": [{"class_path": "lightning_wd.WeightDecay",
+        ...                          "init_args": {"scheme": "l1", "strength": 0.01}}]}, seed=0)
+        'l1 λ=1e-2 seed 0'
+        >>> run_name({"callbacks": None}, {"init_args": {"weight_decay": 0.1}}, seed=3)
+        'native λ=0.1 seed 3'
+    """
+    from lightning_wd.tracking.params import setting_label
+
+    if seed is None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+    callbacks = _plain((_plain(trainer_config) or {}).get("callbacks")) or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        callback = _plain(callback)
+        if isinstance(callback, Mapping) and str(callback.get("class_path", "")).split(".")[-1] == "WeightDecay":
+            args = _plain(callback.get("init_args")) or {}
+            scheme = _plain(args.get("scheme")) or "decoupled"
+            if isinstance(scheme, Mapping):  # {class_path: mypkg.MyScheme}
+                scheme = scheme.get("class_path", "custom")
+            return setting_label(str(scheme).rsplit(".", 1)[-1], args.get("strength"), seed)
+    model_args = _plain((_plain(model_config) or {}).get("init_args")) if isinstance(_plain(model_config), Mapping) \
+        else None
+    strength = (model_args or {}).get("weight_decay", 0.0)
+    return setting_label("native" if strength else "none", strength, seed)
 
 
 def _config_argument(config: Any) -> str:

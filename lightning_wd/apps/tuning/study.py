@@ -281,8 +281,9 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
         objective = Objective(settings, worker=worker)
         if worker == 0:
             objective.check()  # recipe and overrides: fail before any study or run is created
-        record = objective.record = StudyRecord(settings.tracking_uri, settings.experiment, settings.study_name,
-                                                parent_run_id)
+        record = objective.record = StudyRecord(
+            settings.tracking_uri, settings.experiment, settings.study_name, parent_run_id,
+            scheme=settings.space.schemes[0], seed=settings.recipe.get("seed_everything", settings.seed))
         the_storage = storage_mod.open_storage(settings.storage, settings.heartbeat_interval,
                                                settings.grace_period, record.uri)
         study = optuna.create_study(
@@ -311,7 +312,7 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
             bar.message(f"study {settings.study_name}: {done} of {target} trials finished{note}"
                         + (f", {counts.get('FAIL', 0)} failed" if counts.get("FAIL") else "")
                         + f"; storage {redact(settings.storage)}")
-        record.start(settings.describe())
+        record.start(settings.describe(), done=done)
         processes: list = []
         try:
             if settings.workers > 1 and worker == 0:  # this process supervises, the workers run trials
