@@ -103,18 +103,31 @@ def test_rerun_resumes_the_study_without_duplicating_trials(basic, monkeypatch, 
     assert_no_run_left_running(c)
 
 
-def test_best_yaml_is_a_recipe_that_fit_runs_as_is(basic):
+def test_best_yaml_is_a_recipe_that_fit_runs_as_is(basic, tmp_path):
     folder, _, study = basic
     best = folder / "mlruns" / "studies" / "toy" / "best.yaml"
-    recipe = yaml.safe_load(best.read_text())
+    text = best.read_text()
+    recipe = yaml.safe_load(text)
     assert "tune" not in recipe
     decay = recipe["trainer"]["callbacks"][0]["init_args"]
     assert decay["strength"] == study.best_params["strength"] and decay["scheme"] == "l2"
+    store = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    assert recipe["tracking_uri"] == store  # absolute: the study's store, from any folder
+    hint = next(line for line in text.splitlines() if line.startswith("# run it as is: "))
+    assert hint == f"# run it as is: cd {folder} && lightning-wd fit --config {best}"
+    from mlflow import MlflowClient
+
+    store_client = MlflowClient(store)
+    before = len(runs(store_client))
+    elsewhere = tmp_path / "elsewhere"  # e.g. the project root: best.yaml is not there, nor is the store
+    elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}
-    result = subprocess.run([sys.executable, "-m", "lightning_wd", "fit", "--config", str(best),
-                             "--trainer.max_epochs", "1"], cwd=folder, env=env, capture_output=True, text=True,
-                            timeout=300)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = hint.split(" && ", 1)[1].replace("lightning-wd", f"{sys.executable} -m lightning_wd", 1)
+    result = subprocess.run([*command.split(), "--trainer.max_epochs", "1"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert len(runs(store_client)) == before + 1 and not (elsewhere / "mlruns").exists()
 
 
 def test_pruned_trial_stops_early_and_its_run_is_not_failed(tmp_path, monkeypatch):
