@@ -82,3 +82,27 @@ def test_without_a_decay_callback_the_models_weight_decay_is_the_account(tmp_pat
     assert run.data.params["weight_decay"] == "0.1"
     assert any(k.endswith("group0.weight_decay") for k in run.data.params)
     assert not any(k.startswith("_instantiator") for k in run.data.params)
+
+
+def test_test_and_validate_log_to_their_own_child_run(tmp_path, monkeypatch, mlflow_sqlite):
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
+    recipe["trainer"].update(enable_checkpointing=True, limit_train_batches=2, limit_val_batches=1)
+    recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
+                       "init_args": {"in_features": 40, "hidden": [8], "num_classes": 10}}
+    recipe["data"] = {"class_path": "lightning_wd.examples.MNIST1DDataModule",
+                      "init_args": {"batch_size": 20, "num_train": 60, "num_test": 40, "disk_cache": False}}
+    path = tmp_path / "mnist1d.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite]) == 0
+    (ckpt,) = (tmp_path / "checkpoints").rglob("*.ckpt")
+    for subcommand in ("test", "validate"):
+        assert main([subcommand, "--config", str(path), "--tracking_uri", mlflow_sqlite, "--ckpt_path", str(ckpt)]) == 0
+    training, test, validate = _runs(mlflow_sqlite)
+    assert "mlflow.parentRunId" not in training.data.tags
+    assert not any(k.startswith("test") for k in training.data.metrics)  # its duration is the fit's alone
+    assert test.info.run_name == "test · l2 λ=0 seed 0" and validate.info.run_name == "validate · l2 λ=0 seed 0"
+    for run, kind in ((test, "test"), (validate, "validate")):
+        assert run.data.tags["mlflow.parentRunId"] == training.info.run_id
+        assert run.data.tags["lightning_wd.kind"] == kind and run.info.status == "FINISHED"
+    assert "test/acc" in test.data.metrics

@@ -201,9 +201,13 @@ def _cli_classes():
                 run_id = tracking.run_id_from_checkpoint(ckpt) if ckpt and os.path.isfile(ckpt) else None
                 name = self._get(self.config, "run_name") or run_name(self._get(self.config, "trainer"),
                                                                       self._get(self.config, "model"))
+                parent, tags = None, None
+                if self.subcommand in ("validate", "test"):  # its own run, a child of the training run
+                    parent, run_id, tags = run_id, None, {"lightning_wd.kind": self.subcommand}
+                    name = f"{self.subcommand} · {name}"
                 return tracking.mlflow_logger(experiment_name=self._get(self.config, "experiment"),
                                               tracking_uri=self._get(self.config, "tracking_uri"),
-                                              run_name=name, run_id=run_id)
+                                              run_name=name, run_id=run_id, parent_run_id=parent, tags=tags)
             except (tracking.TrackingUnavailable, ValueError) as exc:
                 raise ConfigError(one_line(exc)) from exc
 
