@@ -92,3 +92,17 @@ def test_param_importances_of_a_maximised_objective_rank_high_values_best(tmp_pa
     best = max(study.trials, key=lambda t: t.values[0])
     assert seen["target"](best) == -best.values[0]  # the evaluator's "low is best" is then the highest accuracy
     assert seen["target_name"] == "val/acc"
+
+
+def test_tune_takes_lightningclis_spellings_and_refuses_options_it_would_ignore(tmp_path, monkeypatch, capsys):
+    from lightning_wd.apps.tuning.command import build_parser
+
+    args, extra = build_parser().parse_known_args(["-c", "x.yaml", "--tracking_uri", "sqlite:////a.db",
+                                                   "--n_trials", "3", "--study-name", "s"])
+    assert (args.tracking_uri, args.n_trials, args.study_name, extra) == ("sqlite:////a.db", 3, "s", [])
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path, tune={"space": SPACE})
+    assert main(["--config", str(path), "--n-trials", "1", "--run_name", "mine"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unrecognized argument --run_name" in err[0]
+    assert not (tmp_path / "mlruns").exists()

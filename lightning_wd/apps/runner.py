@@ -286,13 +286,19 @@ def _config_argument(config: Any) -> str:
 
 
 def _with_dashes_normalised(args: Sequence[str]) -> list[str]:
-    """Dashed spellings of our options (``--tracking-uri``) to LightningCLI's underscored ones."""
-    aliases = {"--tracking-uri": "--tracking_uri", "--run-name": "--run_name", "--ckpt-path": "--ckpt_path",
-               "--print-config": "--print_config"}
+    """Dashed spellings of option names (``--tracking-uri``, ``--trainer.max-epochs``) to LightningCLI's
+    underscored ones; values are left as they are.
+
+    Example:
+        >>> _with_dashes_normalised(["--tracking-uri", "x-y", "--trainer.max-epochs=3", "-1"])
+        ['--tracking_uri', 'x-y', '--trainer.max_epochs=3', '-1']
+    """
     out = []
     for arg in args:
         name, eq, value = str(arg).partition("=")
-        out.append(aliases[name] + eq + value if name in aliases else str(arg))
+        if name.startswith("--") and "\n" not in name:
+            name = "--" + name[2:].replace("-", "_")
+        out.append(name + eq + value)
     return out
 
 
