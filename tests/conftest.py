@@ -72,6 +72,15 @@ def _restore_torch_state():
 
 
 @pytest.fixture(autouse=True)
+def _fixed_statistics_interval(monkeypatch):
+    """The default statistics interval grows with the measured cost of a statistics call (timing-dependent):
+    tests see the Trainer's interval, unless they set ``STATS_BUDGET`` themselves."""
+    from lightning_wd.core import callback
+
+    monkeypatch.setattr(callback, "STATS_BUDGET", float("inf"))
+
+
+@pytest.fixture(autouse=True)
 def _isolate_mlflow_tracking_uri():
     """Lightning's MLFlowLogger calls ``mlflow.set_tracking_uri``, which also sets ``MLFLOW_TRACKING_URI`` for
     the whole process: restore both after each test so one test's store never becomes the next one's default."""

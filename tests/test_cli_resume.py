@@ -13,13 +13,21 @@ QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--t
          "--trainer.enable_progress_bar", "false"]
 
 
+PATHS = {  # the recipe's Adam: decoupled decay by the callback's own passes; AdamW: the optimizer decays natively
+    "self-applied": [],
+    "native": ["--model.init_args.optimizer", "adamw"],
+    "native-split": ["--model.init_args.optimizer", "adamw", "--trainer.callbacks.init_args.split_groups", "true"],
+}
+
+
 @pytest.mark.slow
-def test_resume_with_another_exclude_is_one_line_and_a_failed_run(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_resume_with_another_exclude_is_one_line_and_a_failed_run(tmp_path, monkeypatch, capsys, path):
     from mlflow import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = ["fit", "--config", str(ROOT / "recipes" / "mnist1d_mlp.yaml"), *QUICK, "--experiment", "rules"]
+    args = ["fit", "--config", str(ROOT / "recipes" / "mnist1d_mlp.yaml"), *QUICK, *PATHS[path], "--experiment", "rules"]
     assert main(args) == 0
     checkpoint = sorted(tmp_path.glob("checkpoints/**/*.ckpt"))[0]
     capsys.readouterr()
@@ -33,3 +41,5 @@ def test_resume_with_another_exclude_is_one_line_and_a_failed_run(tmp_path, monk
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")  # absolute: MLflow caches stores by URI
     runs = client.search_runs([client.get_experiment_by_name("rules").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+    reason = runs[0].data.tags["lightning_wd.error"]
+    assert reason.startswith("ResumeMismatchError: WeightDecay: the checkpoint was trained with other decay rules")

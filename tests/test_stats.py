@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_net import Net, make_loader
 from torch import nn
 
+from lightning_wd.core import callback as callback_module
 from lightning_wd.core.callback import WeightDecay
 from lightning_wd.core.stats import nonzero_counts, weight_stats
 
@@ -97,6 +98,20 @@ def test_stats_only_every_log_every_n_steps(fit, every, trainer_every, accumulat
     fit(cb, log_every_n_steps=trainer_every, accumulate_grad_batches=accumulate)
     assert [h["step"] for h in cb.history] == steps
     assert [h["epoch"] for h in cb.history][-1] == 2
+
+
+def test_default_interval_doubles_while_statistics_cost_too_much(fit, monkeypatch, caplog):
+    monkeypatch.setattr(callback_module, "STATS_BUDGET", 1e-12)  # every call costs too much
+    cb = WeightDecay(strength=0.1, print_audit=False)
+    with caplog.at_level("INFO"):
+        fit(cb, log_every_n_steps=2)
+    # the first call is not judged (warm-up); then the interval doubles, up to the steps done so far
+    assert [h["step"] for h in cb.history] == [2, 4, 8, 16, 18]
+    assert "WeightDecay: statistics every 4 steps instead of 2 (one call takes" in caplog.text
+    assert cb.stats_seconds > 0
+    explicit = WeightDecay(strength=0.1, log_every_n_steps=2, print_audit=False)
+    fit(explicit, log_every_n_steps=50)  # an explicit interval is kept exactly
+    assert [h["step"] for h in explicit.history] == list(range(2, 19, 2))
 
 
 def test_zero_tolerance_counts_small_weights_as_zero(fit):

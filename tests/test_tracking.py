@@ -181,21 +181,30 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path, mlflow_sqlite):
 
 
 def test_logger_arguments(monkeypatch, tmp_path):
-    import lightning.pytorch.loggers as loggers
+    import types
 
-    made = []
-    monkeypatch.setattr(loggers, "MLFlowLogger", lambda **kwargs: made.append(kwargs) or kwargs)
+    from lightning_wd.tracking import buffered, store
+
+    made, prepared = [], []
+    monkeypatch.setattr(buffered, "BufferedMLFlowLogger",
+                        lambda **kwargs: made.append(kwargs) or types.SimpleNamespace(**kwargs))
+    monkeypatch.setattr(store, "prepare_store", lambda *args: prepared.append(args) or "7")
     monkeypatch.chdir(tmp_path)
-    mlflow_logger(run_name="r", tags={"k": 1}, parent_run_id="p" * 32, log_model="all")
-    assert (tmp_path / "mlruns").is_dir()  # made for the default store
+    monkeypatch.delenv("LIGHTNING_WD_TRACKING_STRICT", raising=False)
+    logger = mlflow_logger(run_name="r", tags={"k": 1}, parent_run_id="p" * 32, log_model="all")
     assert made[-1] == {
         "experiment_name": "lightning_wd", "run_name": "r", "tracking_uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db",
         "tags": {"k": "1", "mlflow.parentRunId": "p" * 32}, "log_model": "all",
-        "artifact_location": f"file://{tmp_path}/mlruns/artifacts", "run_id": None,
+        "artifact_location": f"file://{tmp_path}/mlruns/artifacts", "run_id": None, "strict": False,
+        "spill_dir": tmp_path / "mlruns" / "unsent",
     }
+    assert prepared[-1] == (made[-1]["tracking_uri"], "lightning_wd", made[-1]["artifact_location"])
+    assert logger._experiment_id == "7"  # found or created under the store's lock
+    monkeypatch.setenv("LIGHTNING_WD_TRACKING_STRICT", "1")
+    assert mlflow_logger().strict is True
+    monkeypatch.delenv("LIGHTNING_WD_TRACKING_STRICT")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///deep/er/runs.db")
     mlflow_logger("e")
-    assert (tmp_path / "deep" / "er").is_dir()
     assert made[-1]["tracking_uri"] == f"sqlite:///{tmp_path}/deep/er/runs.db" and made[-1]["tags"] is None
     assert made[-1]["artifact_location"] == f"file://{tmp_path}/deep/er/artifacts"
 

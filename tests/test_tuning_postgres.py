@@ -92,3 +92,9 @@ def test_killed_worker_trial_fails_after_the_grace_period_and_is_retried_once(po
             if r.data.tags.get("lightning_wd.kind") == "trial"}
     assert runs["0"].info.status == "KILLED" and "heartbeats" in runs["0"].data.tags["fail_reason"]
     assert runs["1"].info.status == "FINISHED"
+    # the killed invocation's parent run is closed by this one (KILLED, with the reason); nothing stays RUNNING
+    parents = sorted((r for r in mlflow_runs(tmp_path) if r.data.tags.get("lightning_wd.kind") == "study"),
+                     key=lambda r: r.info.start_time)
+    assert [r.info.status for r in parents] == ["KILLED", "FINISHED"]
+    assert "ended without closing it (killed)" in parents[0].data.tags["lightning_wd.end_reason"]
+    assert not [r for r in mlflow_runs(tmp_path) if r.info.status == "RUNNING"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ from typing_extensions import override
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
 from lightning_wd.core.decay_step import OptimizerDecay
-from lightning_wd.core.distributed import check_strategy
+from lightning_wd.core.distributed import check_strategy, track_flat_shards
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
 from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
@@ -23,7 +24,10 @@ from lightning_wd.core.schemes import Scheme, get_scheme
 from lightning_wd.core.stats import decay_stats, needs_all_ranks
 from lightning_wd.core.validation import check_bool, check_choice, check_fraction, check_int, check_strength
 
-__all__ = ["LR_COUPLINGS", "WeightDecay"]
+__all__ = ["LR_COUPLINGS", "STATS_BUDGET", "WeightDecay"]
+
+#: Share of the training steps' time the statistics may take at the default interval (see ``log_every_n_steps``).
+STATS_BUDGET = 0.005
 
 
 def _number(value: Any, argument: str) -> float:
@@ -74,8 +78,14 @@ class WeightDecay(Callback):
         reference: for schemes that decay toward reference weights (``l2_sp``): a state dict (or a path to
             one); default: the weights at the start of training.
         zero_tolerance: statistics count ``|w| <= zero_tolerance`` as zero.
-        log_every_n_steps: statistics interval in optimizer steps (default: the Trainer's); the statistics
-            are also logged once at the end of training (rank zero only; each entry goes to ``history``).
+        log_every_n_steps: statistics interval in optimizer steps. Default (None): the Trainer's
+            ``log_every_n_steps``, doubled (so that the statistics stay on steps Lightning logs too) while one
+            statistics call (computing and logging, timed on each call after the first) would cost more than
+            :data:`STATS_BUDGET` (0.5 %) of the training steps' time over the interval (the median cost of
+            the last five calls, the first one left out); the interval only grows, and each change is
+            announced. Sharded tensors (FSDP2) keep the Trainer's interval (every rank must agree).
+            The statistics are also logged once at the end of training (rank zero only; each entry goes to
+            ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
@@ -179,6 +189,12 @@ class WeightDecay(Callback):
         self._module: LightningModule | None = None
         self._trainer: Trainer | None = None
         self._applied: float | None = None
+        self._every_factor = 1
+        self._stats_seconds = 0.0  # computing and logging the statistics, on the training thread
+        self._stats_calls = 0
+        self._recent_costs: list[float] = []  # of the last calls (their median is what a call costs)
+        self._step_seconds = 0.0  # the training batches (between on_train_batch_start and _end)
+        self._batch_start = 0.0
 
     # ------------------------------------------------------------------ description
     @property
@@ -212,6 +228,7 @@ class WeightDecay(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         check_strategy(trainer, pl_module)  # one line naming a strategy not proven correct, and what works
+        track_flat_shards(trainer)  # FSDP1: each tensor a flat piece of itself; its original shape and offset
         self._reset_runtime()
         self.history = []
         self._module, self._trainer = pl_module, trainer
@@ -339,8 +356,7 @@ class WeightDecay(Callback):
             step._wrapped_by_lr_sched = getattr(original, "_wrapped_by_lr_sched", False)
             optimizer.step = types.MethodType(step, optimizer)
 
-    @override
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def _follow_optimizers(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._deferred or not self._fitting or [id(o) for o in trainer.optimizers] == self._optimizer_ids:
             return
         # An optimizer replaced during fit (trainer.strategy.setup_optimizers): follow it, schedule position kept.
@@ -403,20 +419,59 @@ class WeightDecay(Callback):
         if step == self._last_logged or not (trainer.is_global_zero or needs_all_ranks(self.decays)):
             return
         self._last_logged = step
+        start = time.perf_counter()
         stats = self.compute_stats(pl_module)
         if not stats or not trainer.is_global_zero:
             return
         self.history.append({"step": step, "epoch": self._last_epoch, "metrics": dict(stats)})
         for logger in trainer.loggers:
-            logger.log_metrics(stats, step=step)
+            logger.log_metrics(stats, step=step)  # one call per interval; the tracking logger batches it
+        cost = time.perf_counter() - start
+        self._stats_seconds += cost
+        self._stats_calls += 1
+        if self._stats_calls > 1:  # the first call warms up
+            self._recent_costs = [*self._recent_costs[-4:], cost]
+        if self.log_every_n_steps is None and self._recent_costs and self._fitting:
+            self._adapt_interval(trainer, sorted(self._recent_costs)[len(self._recent_costs) // 2])
+
+    def _interval(self, trainer: Trainer) -> int:
+        """The statistics interval now (optimizer steps)."""
+        return self.log_every_n_steps or max(1, trainer.log_every_n_steps) * self._every_factor
+
+    def _adapt_interval(self, trainer: Trainer, cost: float) -> None:
+        """Double the default interval while one statistics call (``cost``: the median of the last five, the
+        first call left out) exceeds STATS_BUDGET of its steps' time."""
+        steps = max(1, trainer.global_step)
+        per_step = self._step_seconds / steps
+        if per_step <= 0 or needs_all_ranks(self.decays):
+            return
+        before = self._interval(trainer)
+        while cost > STATS_BUDGET * self._interval(trainer) * per_step and self._interval(trainer) < steps:
+            self._every_factor *= 2
+        if self._interval(trainer) != before:
+            rank_zero_info(
+                f"WeightDecay: statistics every {self._interval(trainer)} steps instead of {before} (one call takes "
+                f"{cost * 1e3:.2f} ms, a step {per_step * 1e3:.2f} ms: more than {STATS_BUDGET:.1%} of training); "
+                "pass log_every_n_steps= to choose"
+            )
+
+    @property
+    def stats_seconds(self) -> float:
+        """Seconds the training thread spent computing and logging statistics in this fit."""
+        return self._stats_seconds
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+        self._follow_optimizers(trainer, pl_module)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Every `log_every_n_steps` optimizer steps (not at step 0, which accumulation batches would hit).
+        # Every interval of optimizer steps (not at step 0, which accumulation batches would hit).
+        self._step_seconds += time.perf_counter() - self._batch_start
         self._last_epoch = trainer.current_epoch
-        every = self.log_every_n_steps or trainer.log_every_n_steps
         step = trainer.global_step
-        if step > 0 and step % max(1, every) == 0:
+        if step > 0 and step % self._interval(trainer) == 0:
             self._log_stats(trainer, pl_module)
 
     @override

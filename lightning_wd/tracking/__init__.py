@@ -9,6 +9,9 @@ Modules, one concern each:
 ============== ===========================================================================================
 ``uris``        store URIs: default store and experiment, resolution, SQLite paths, redaction, reachability
 ``logger``      ``mlflow_logger`` (the Lightning ``MLFlowLogger``), artifact location, the trainer's logger
+``buffered``    ``BufferedMLFlowLogger``: metrics off the training thread; a store that fails never stops the fit
+``writer``      ``MetricWriter``: the bounded background writer (batches, outage buffer, spill file, ``replay``)
+``store``       ``prepare_store``: a SQLite store created and migrated once, under a file lock
 ``params``      what a run records as text: ``wd.*``/``optimizer.*`` params, ``lightning_wd.*`` tags, audit
 ``artifacts``   ``log_config``: a resolved config as a run artifact
 ``checkpoints`` ``run_id_from_checkpoint``: the run a checkpoint was logged to
@@ -34,6 +37,7 @@ from lightning_wd.tracking.uris import (
 
 _LAZY = {
     "artifact_location": "logger", "mlflow_logger": "logger", "mlflow_logger_of": "logger",
+    "BufferedMLFlowLogger": "buffered", "replay": "writer", "prepare_store": "store",
     "optimizer_params": "params",
     "log_config": "artifacts",
     "run_id_from_checkpoint": "checkpoints",
@@ -43,6 +47,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BufferedMLFlowLogger",
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TRACKING_URI",
     "ExperimentNotFound",
@@ -59,7 +64,9 @@ __all__ = [
     "mlflow_logger",
     "mlflow_logger_of",
     "optimizer_params",
+    "prepare_store",
     "redact",
+    "replay",
     "resolve_tracking_uri",
     "run_id_from_checkpoint",
     "sqlite_path",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ class MLflowRecord(Callback):
     ``KILLED`` on ``KeyboardInterrupt``; a continued run is set back to ``RUNNING`` while it trains. The
     run id is saved in checkpoints: see :func:`~lightning_wd.tracking.checkpoints.run_id_from_checkpoint`.
 
-    Without an ``MLFlowLogger`` the callback does nothing. Failing to log at the start stops the fit
-    (before any training); failing to plot or upload at the end only warns, as training is done.
+    Without an ``MLFlowLogger`` the callback does nothing. Failing to log the params at the start stops the fit
+    (before any training); failing to write an artifact (the audit at the start; the plots, made once when
+    fit ends, off the training steps) only warns: an artifact store that is full, unwritable or gone never
+    stops the training. ``seconds`` holds the time spent at the start (``start``) and at the end (``plots``).
 
     Args:
         plots: make and log the plots at the end of fit.
@@ -87,6 +90,7 @@ class MLflowRecord(Callback):
         self._tracking_uri: str | None = None
         self._restored: dict = {}
         self._continued = False
+        self.seconds: dict[str, float] = {}
 
     # -- state --------------------------------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class MLflowRecord(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active:
             return
+        start = time.perf_counter()
         from mlflow.entities import Param, RunTag
 
         from lightning_wd.core.version import __version__
@@ -161,31 +166,41 @@ class MLflowRecord(Callback):
 
         plan = getattr(decay, "plan", None) if decay is not None else None
         rows = audit_rows(plan, optimizers)
-        if plan is not None:
-            client.log_text(run_id, str(plan) + "\n", "audit/grouping.txt")
-        if rows:
-            client.log_text(run_id, audit_csv(rows), "audit/grouping.csv")
+        try:
+            if plan is not None:
+                client.log_text(run_id, str(plan) + "\n", "audit/grouping.txt")
+            if rows:
+                client.log_text(run_id, audit_csv(rows), "audit/grouping.csv")
+        except Exception as error:  # an artifact store that is full or unwritable does not stop the training
+            _warn_artifacts("the grouping audit", self._run_id, error)
+        self.seconds["start"] = time.perf_counter() - start
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active or not self.plots:
             return
+        start = time.perf_counter()
         try:
             self._log_plots(trainer, pl_module)
         except Exception as error:  # training is done: do not turn a finished run into a failed one
-            warnings.warn(f"lightning_wd: could not log the weight-decay plots to MLflow: {one_line(error)}",
-                          UserWarning, stacklevel=2)
+            _warn_artifacts("the weight-decay plots", self._run_id, error)
+        self.seconds["plots"] = time.perf_counter() - start
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not self.active:
+        logger = self._logger
+        if logger is None and trainer.is_global_zero:  # failed before this callback's fit start (resume checks)
+            logger = mlflow_logger_of(trainer)
+            if logger is None or not getattr(logger, "_initialized", False):
+                return
+        elif logger is None:
             return
         if isinstance(exception, KeyboardInterrupt):
-            _end_as(self._logger, "KILLED")
+            _end_as(logger, "KILLED")
         elif not _is_tracking_error(exception):
             try:  # best effort: the reason shows in the MLflow UI next to the FAILED status
-                self._logger.experiment.set_tag(self._run_id, TAG_PREFIX + "error",
-                                                one_line(f"{type(exception).__name__}: {exception}", 500))
+                logger.experiment.set_tag(logger.run_id, TAG_PREFIX + "error",
+                                          one_line(f"{type(exception).__name__}: {exception}", 500))
             except Exception:  # noqa: S110 - the original exception is what matters
                 pass
 
@@ -198,6 +213,9 @@ class MLflowRecord(Callback):
         decay = find_decay_callback(trainer)
         history = list(getattr(decay, "history", None) or []) if decay is not None else []
         if not history or self._continued:
+            flush = getattr(self._logger, "flush", None)  # a buffered logger: its points first, then read them
+            if callable(flush):
+                flush()
             history = merge_histories(history_from_mlflow(client, run_id), history)
         decayed, excluded = _split_weights(pl_module, getattr(decay, "plan", None), trainer.optimizers,
                                            self.histogram_values)
@@ -225,6 +243,11 @@ def _end_as(logger, status: str) -> None:
         original(status if outcome == "failed" else outcome)
 
     logger.finalize = finalize
+
+
+def _warn_artifacts(what: str, run_id: str | None, error: BaseException) -> None:
+    warnings.warn(f"lightning_wd: could not log {what} to MLflow run {run_id}: {one_line(error, 300)}; "
+                  "training goes on without them", UserWarning, stacklevel=3)
 
 
 def _filter_hyperparams(logger, decay_managed: bool) -> None:

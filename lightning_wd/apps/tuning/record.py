@@ -11,22 +11,29 @@ End states: a COMPLETE trial's run is FINISHED; a PRUNED trial's run is FINISHED
 ``optuna.state=PRUNED`` (it ended as asked: stopping early is the pruner's decision, not a failure); a
 failed trial's run is FAILED (tag ``fail_reason``); an interrupted trial's run (Ctrl-C) is KILLED, and so is
 the parent of an interrupted study. A trial whose worker was killed gets its run ended KILLED by the worker
-that finds it stale. No run is left RUNNING by a clean or interrupted study.
+that finds it stale. No run is left RUNNING by a clean or interrupted study; the parent run of an invocation
+that was killed (SIGKILL, a lost machine) is ended KILLED by the next invocation of the same study on the same
+host (the parent's tags ``lightning_wd.host`` and ``lightning_wd.process`` name its owner; a process that no
+longer runs is stale), with the tag ``lightning_wd.end_reason``.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StudyRecord", "end_stale_run"]
+__all__ = ["StudyRecord", "end_stale_run", "process_tag", "process_alive"]
 
 KIND_TAG = "lightning_wd.kind"
 PARENT_TAG = "mlflow.parentRunId"
+HOST_TAG = "lightning_wd.host"
+PROCESS_TAG = "lightning_wd.process"
 _PARAM_LIMIT = 500
 
 
@@ -50,6 +57,38 @@ def end_stale_run(tracking_uri: str, run_id: str, trial_number: int) -> None:
             client.set_terminated(run_id, "KILLED")
     except Exception as error:  # the study goes on without this bookkeeping
         _warn(f"end the stale run {run_id}", error)
+
+
+def _start_ticks(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot ('' where /proc cannot tell)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: PTH123, SIM115
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_tag(pid: int | None = None) -> str:
+    """``<pid>:<start ticks>`` of this (or ``pid``'s) process: a pid reused later does not match it."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{_start_ticks(pid)}"
+
+
+def process_alive(tag: str) -> bool:
+    """Whether the process named by :func:`process_tag`'s ``tag`` still runs (on this host).
+
+    Example:
+        >>> process_alive(process_tag()), process_alive("999999999:1")
+        (True, False)
+    """
+    pid, _, ticks = tag.partition(":")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True  # another user's process, or a tag we cannot read: not ours to end
+    return not ticks or _start_ticks(int(pid)) in ("", ticks)
 
 
 class StudyRecord:
@@ -79,11 +118,14 @@ class StudyRecord:
             uris.check_tracking_uri(uri)
         except uris.TrackingUnavailable as error:
             raise TuneError(str(error)) from None
-        db = uris.sqlite_path(uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+        from lightning_wd.tracking.store import prepare_store
+
         # absolute: MLflow caches stores by URI, so a relative one would follow the first working directory
         self.uri = uris.absolute_sqlite_uri(uri)
+        try:
+            prepare_store(self.uri)  # a fresh SQLite store: created and migrated once, under a file lock
+        except uris.TrackingUnavailable as error:
+            raise TuneError(str(error)) from None
         self.client = MlflowClient(self.uri)
         self.experiment = experiment
         self.study_name = study_name
@@ -120,10 +162,12 @@ class StudyRecord:
         Its name is ``study NAME``, or ``study NAME (resumed at trial k)`` when ``done`` trials were finished.
         """
         if self.owns_parent:
+            self.end_stale_parents()
             name = f"study {self.study_name}" + (f" (resumed at trial {done})" if done else "")
             run = self.client.create_run(
                 self.experiment_id, run_name=name,
-                tags={KIND_TAG: "study", "optuna.study_name": self.study_name, **dict(tags or {})},
+                tags={KIND_TAG: "study", "optuna.study_name": self.study_name, HOST_TAG: socket.gethostname(),
+                      PROCESS_TAG: process_tag(), **dict(tags or {})},
             )
             self.parent_run_id = run.info.run_id
             from mlflow.entities import Param
@@ -132,6 +176,30 @@ class StudyRecord:
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.parent_run_id, params=items[i:i + 100])
         return self.parent_run_id
+
+    def end_stale_parents(self) -> list[str]:
+        """End KILLED the RUNNING parent runs of this study whose invoking process (on this host) is gone;
+        their ids. Best effort: a store that cannot be searched only warns."""
+        ended = []
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id], max_results=200,
+                filter_string=f"tags.`{KIND_TAG}` = 'study' AND attributes.status = 'RUNNING'",
+            )
+            host = socket.gethostname()
+            for run in runs:
+                tags = run.data.tags
+                ours = tags.get("optuna.study_name") == self.study_name and tags.get(HOST_TAG) == host
+                if not ours or not tags.get(PROCESS_TAG) or process_alive(tags[PROCESS_TAG]):
+                    continue
+                self.client.set_tag(run.info.run_id, "lightning_wd.end_reason",
+                                    f"its process {tags[PROCESS_TAG].split(':')[0]} on {host} ended without closing "
+                                    "it (killed); closed by the next invocation of the study")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                ended.append(run.info.run_id)
+        except Exception as error:  # the study goes on without this bookkeeping
+            _warn("close the stale parent runs of the study", error)
+        return ended
 
     def finish(self, status: str, metrics: Mapping[str, float] | None = None,
                params: Mapping[str, Any] | None = None, artifacts: Sequence[Path] = ()) -> None:

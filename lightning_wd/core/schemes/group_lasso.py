@@ -3,6 +3,10 @@
 Sharded tensors (FSDP2 ``DTensor``s, sharded on dim 0) are handled on their local shards: a dim-0 shard
 holds whole rows, so their norms need no communication; a 1-D tensor (one unit) split across ranks gets
 its squared sum all-reduced (one collective for all such units of a call).
+
+FSDP1 pieces (:mod:`lightning_wd.core.flat_shards`) start and end anywhere in the flattened tensor: the rows
+a piece boundary splits get their squared sums all-reduced through one buffer indexed by every tracked
+tensor's units (each rank joins that collective on every call, also with no tensor of its own in it).
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_wd.core import flat_shards
 from lightning_wd.core.distributed import all_reduce_sum, contribution, is_sharded, local, rank, split_unit
 from lightning_wd.core.schemes.base import Scheme
 
 
 def _layout(params: list[Tensor]) -> dict:
+    if flat_shards.tracking():
+        return _flat_layout(params)
     # A tensor of ndim >= 2 has one unit per output row/channel; a 1-D or 0-d tensor is a single unit.
     # `lengths`: elements of each unit on this rank; `sizes`: elements of each unit in the whole tensor.
     pieces = [local(p) for p in params]
@@ -34,8 +41,55 @@ def _layout(params: list[Tensor]) -> dict:
             "split": torch.tensor([i for i, s in enumerate(split) if s], dtype=torch.long) if any(split) else None}
 
 
+def _flat_layout(params: list[Tensor]) -> dict:
+    # FSDP1: each tensor a flat piece (or a whole tensor the strategy left alone); `expand` repeats each
+    # unit's scale over its elements here, `split`/`where` map the split units to the shared buffer.
+    rows, lengths, sizes, weight, shapes, expand, split, where = [], [], [], [], [], [], [], []
+    for p in params:
+        shard = flat_shards.flat_shard(p)
+        if shard is None:  # a whole tensor on every rank: counted on rank 0
+            r = p.shape[0] if p.ndim > 1 else 1
+            rows.append(r)
+            lengths += [p.numel() // r if r else 0] * r
+            sizes += [p.numel() // r if r else 0] * r
+            weight += [float(rank() == 0)] * r
+            shapes.append((r,) + (1,) * (p.ndim - 1) if p.ndim > 1 else (1,) * p.ndim)
+            expand.append(None)
+            continue
+        index, here, cut, counted = flat_shards.rows_of(shard)
+        split += [len(lengths) + i for i, c in enumerate(cut) if c]
+        where += [g for g, c in zip(index, cut) if c]
+        rows.append(len(index))
+        lengths += here
+        sizes += [shard.unit_size] * len(index)
+        weight += [float(c) for c in counted]
+        shapes.append((-1,))
+        expand.append(torch.tensor(here, dtype=torch.long))
+    size = torch.tensor(sizes, dtype=torch.long)
+    return {"rows": rows, "row_sizes": torch.tensor(lengths, dtype=torch.long), "sizes": size,
+            "sqrt_sizes": size.double().sqrt(), "shapes": shapes, "weight": torch.tensor(weight, dtype=torch.float64),
+            "split": None, "expand": expand, "flat_split": (torch.tensor(split, dtype=torch.long),
+                                                            torch.tensor(where, dtype=torch.long))}
+
+
+def _flat_all_reduce(sums: Tensor, layout: dict) -> None:
+    """The split units' squared sums, summed over ranks through one buffer of every tracked unit."""
+    position, where = (t.to(sums.device) for t in layout["flat_split"])
+    buffer = torch.zeros(flat_shards.total_units(), dtype=sums.dtype, device=sums.device)
+    buffer[where] = sums[position]
+    all_reduce_sum(buffer)
+    sums[position] = buffer[where]
+
+
+def _scales(scale: Tensor, layout: dict) -> list[Tensor]:
+    parts = scale.split(layout["rows"])
+    expand = layout.get("expand") or [None] * len(parts)
+    return [s.view(shape) if e is None else s.repeat_interleave(e.to(s.device))
+            for s, shape, e in zip(parts, layout["shapes"], expand)]
+
+
 def _cached(params: list[Tensor], state: dict) -> dict:
-    key = tuple((tuple(p.shape), tuple(local(p).shape)) for p in params)
+    key = tuple((tuple(p.shape), tuple(local(p).shape), flat_shards.flat_shard(p)) for p in params)
     if state.get("layout_key") != key:
         state["layout_key"] = key
         state["layout"] = _layout(params)
@@ -49,9 +103,15 @@ def row_norms(params: list[Tensor], state: dict) -> Tensor:
     another subset of a bucket's tensors (some without a gradient this step) lays it out afresh.
     """
     layout = _cached(params, state)
+    if not params:  # FSDP1, no tensor of this call here: still join the collective the other ranks make
+        empty = torch.zeros(0, dtype=torch.float64)
+        _flat_all_reduce(empty, layout)
+        return empty
     flat = torch.cat([local(p).detach().reshape(-1) for p in params])
     sums = torch.segment_reduce(flat.square_(), "sum", lengths=layout["row_sizes"].to(flat.device))
-    if layout["split"] is not None:  # 1-D tensors split across ranks: their units' sums, summed over ranks
+    if "flat_split" in layout:
+        _flat_all_reduce(sums, layout)
+    elif layout["split"] is not None:  # 1-D tensors split across ranks: their units' sums, summed over ranks
         index = layout["split"].to(sums.device)
         sums[index] = all_reduce_sum(sums[index].contiguous())
     return sums.sqrt_()
@@ -77,13 +137,14 @@ class GroupLasso(Scheme):
     shard_aware = True
 
     def after_update(self, params, rate, strength, state):
-        if rate <= 0 or not params:
+        if rate <= 0 or not (params or flat_shards.tracking()):
             return
         norms = row_norms(params, state)
+        if not params:
+            return
         layout = state["layout"]
         scale = (1.0 - rate * layout["sqrt_sizes"].to(norms) / norms).nan_to_num_(0.0, 0.0, 0.0).clamp_min_(0.0)
-        scales = [s.view(shape) for s, shape in zip(scale.split(layout["rows"]), layout["shapes"])]
-        torch._foreach_mul_([local(p) for p in params], scales)
+        torch._foreach_mul_([local(p) for p in params], _scales(scale, layout))
 
     def penalty(self, params, strength, state):
         if not params:
