@@ -106,3 +106,19 @@ def test_test_and_validate_log_to_their_own_child_run(tmp_path, monkeypatch, mlf
         assert run.data.tags["mlflow.parentRunId"] == training.info.run_id
         assert run.data.tags["lightning_wd.kind"] == kind and run.info.status == "FINISHED"
     assert "test/acc" in test.data.metrics
+
+
+def test_weightdecay_by_short_name_with_help_for_every_argument(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--trainer.callbacks.help", "WeightDecay"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for argument, words in (("exclude", "globs of parameter names"), ("include", "globs that decay even"),
+                            ("multipliers", "matching decayed tensors decay"), ("exclude_bias", "biases do not decay"),
+                            ("exclude_1d", "tensors with ``ndim <= 1`` do not decay")):
+        assert f"--trainer.callbacks.{argument}" in text and words in text, argument
+    recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
+    recipe["trainer"]["callbacks"][0]["class_path"] = "WeightDecay"
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(path), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"][0]["class_path"] == "lightning_wd.WeightDecay"

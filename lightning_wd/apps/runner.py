@@ -123,6 +123,10 @@ def _cli_classes():
     from lightning.pytorch.loggers import MLFlowLogger
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+    # jsonargparse finds a class by its short name (`class_path: WeightDecay`, `--trainer.callbacks.help
+    # WeightDecay`) among the subclasses already imported: import the project's callbacks first
+    import lightning_wd.core.callback  # noqa: F401
+
     class OneLineErrorParser(LightningArgumentParser):
         """A parser whose errors raise :class:`ConfigError` instead of printing usage and exiting."""
 
