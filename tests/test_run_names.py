@@ -121,4 +121,5 @@ def test_weightdecay_by_short_name_with_help_for_every_argument(tmp_path, monkey
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["fit", "--config", str(path), "--print_config"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"][0]["class_path"] == "lightning_wd.WeightDecay"
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["callbacks"][0]["class_path"] == "lightning_wd.WeightDecay"
