@@ -123,3 +123,15 @@ def test_weightdecay_by_short_name_with_help_for_every_argument(tmp_path, monkey
     assert main(["fit", "--config", str(path), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["callbacks"][0]["class_path"] == "lightning_wd.WeightDecay"
+
+
+def test_config_saved_in_the_log_dir_of_a_csv_logger(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, max_epochs=1, scheme="l1")
+    assert main(["fit", "--config", str(recipe), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                 "--trainer.logger.init_args.save_dir", "csv", "--trainer.limit_train_batches", "2",
+                 "--trainer.limit_val_batches", "1"]) == 0
+    (saved,) = (tmp_path / "csv").rglob("config.yaml")
+    config = yaml.safe_load(saved.read_text())
+    assert config["trainer"]["callbacks"][0]["init_args"]["scheme"] == "l1"
+    assert (saved.parent / "metrics.csv").exists()  # the logger's own folder

@@ -224,6 +224,7 @@ def _cli_classes():
             if self._held_logs is not None:
                 self._held_logs.release()
             if not any(isinstance(lg, MLFlowLogger) for lg in self.trainer.loggers):
+                self._save_config_to_log_dir()
                 return
             from lightning_wd import tracking
 
@@ -232,6 +233,22 @@ def _cli_classes():
             config = self.config.get(str(self.subcommand), self.config)
             text = self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False)
             tracking.log_config(self.trainer, text)
+
+        def _save_config_to_log_dir(self) -> None:
+            """``config.yaml`` in the log dir of a logger that has one (CSV, TensorBoard), as SaveConfigCallback
+            would; an existing one (a resumed fit) is kept."""
+            if self.subcommand != "fit" or not self.trainer.loggers or not self.trainer.is_global_zero:
+                return
+            log_dir = self.trainer.log_dir
+            if log_dir is None:
+                return
+            path = os.path.join(log_dir, "config.yaml")
+            if os.path.exists(path):
+                return
+            config = self.config.get(str(self.subcommand), self.config)
+            os.makedirs(log_dir, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False))
 
     return WeightDecayCLI, OneLineErrorParser
 
