@@ -147,11 +147,14 @@ def plot_study(study: Any, out: Path, names: Sequence[str], tuned: Sequence[str]
         return []
     multi = len(names) > 1
     target = {"target": (lambda t: t.values[0]), "target_name": names[0]} if multi else {"target_name": names[0]}
+    # Optuna's importance evaluator ranks low target values best: a maximised first objective is negated
+    sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+    importance = {"target": (lambda t: sign * t.values[0]), "target_name": names[0]} if multi else target
     main = "timescale_epochs" if "timescale_epochs" in tuned else ("strength" if "strength" in tuned else tuned[0])
     jobs = [("optimization_history.png", lambda: vis.plot_optimization_history(study, **target)),
             (f"slice_{main}.png", lambda: vis.plot_slice(study, params=[main], **target))]
     if len(tuned) >= 2 and len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
-        jobs.append(("param_importances.png", lambda: vis.plot_param_importances(study, **target)))
+        jobs.append(("param_importances.png", lambda: vis.plot_param_importances(study, **importance)))
     if multi:
         jobs.append(("pareto.png", lambda: vis.plot_pareto_front(study, target_names=list(names))))
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,7 @@ def plot_study(study: Any, out: Path, names: Sequence[str], tuned: Sequence[str]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # negated above
                 figure = _figure(make())
             figure.set_size_inches(8, 5)
             figure.tight_layout()
