@@ -143,7 +143,7 @@ def _run_lightning(argv: list[str]) -> int:
         quiet.install(verbose)
         started = time.perf_counter()
         cli = build_cli(overrides=args, subcommand=subcommand)
-        if getattr(cli, "trainer", None) is not None:
+        if getattr(cli, "trainer", None) is not None and cli.trainer.is_global_zero:  # once, not per ddp rank
             print(fit_summary(subcommand, cli.trainer, time.perf_counter() - started))
     except ConfigError as exc:
         return _error(exc)
