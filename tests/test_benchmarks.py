@@ -69,3 +69,11 @@ def test_full_run_states_its_expected_duration_and_keeps_other_sections(monkeypa
     assert text.index("## 3. Statistics") < text.index(f"## {scaling}")  # in section order
     assert run.expected_seconds("stats_cost", {"stats_cost": {"seconds": 75.0}}) == 75.0  # measured wins
     assert run._duration(75.0) == "1 min 15 s"
+
+
+def test_gpu_script_imports_and_skips_cleanly_without_cuda(monkeypatch):
+    """benchmarks/gpu_fused.py runs where a GPU is lent; elsewhere it imports, measures nothing and says so."""
+    gpu = importlib.import_module("benchmarks.gpu_fused")
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
+    rows = gpu.run()
+    assert rows == [{"status": "skipped: no CUDA device here, GPU figures not measured", "device": "-"}]

@@ -302,3 +302,108 @@ def test_l2_sp_through_callback_with_a_tensor_without_gradient():
     assert torch.equal(model.unused.detach(), torch.full((2, 2), 0.5, dtype=DT))
     assert callback.compute_stats()["wd/penalty"] == pytest.approx(
         0.5 * 2.0 * (4 * (0.875 * 0.8**3) ** 2 + 4 * 0.5**2), rel=1e-12)
+
+
+# Shapes that take every path of the fast formulations: large tensors (>= 4096 elements: their own kernel
+# calls), several small tensors of one shape (stacked into one block), singletons, 1-D/0-d and empty ones.
+MIXED = [(80, 64), (4096,), (6, 4), (6, 4), (6, 4), (7,), (7,), (), (), (2, 3, 3), (2, 3, 3), (0,), (3, 0), (1, 5)] \
+    + [(2, 3)] * 8  # (cautious stacks 8 or more of one shape)
+BIG = (512, 256)  # 2^17 elements: cautious's in-place passes of its own (too large for the for-loop references)
+
+
+def _mixed_problem(seed, shapes=MIXED):
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(s, generator=gen, dtype=DT) for s in shapes]
+    targets = [torch.randn(s, generator=gen, dtype=DT) * (torch.rand(s, generator=gen, dtype=DT) > 0.4)
+               for s in shapes]
+    for t in targets:
+        if t.ndim >= 2 and t.shape[0] > 1:
+            t[0] = 0.0  # a whole unit pulled to 0
+    return weights, targets, gen
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["l1", "elastic_net", "group_lasso", "cautious"])
+def test_fast_passes_match_the_previous_code_every_step(name, optimizer):
+    """The rewritten passes against the code they replaced (tests/previous_schemes.py), step by step, float64."""
+    from previous_schemes import PREVIOUS
+
+    shapes = MIXED + [BIG]
+    weights, targets, gen = _mixed_problem(seed=3 + (optimizer == "adam"), shapes=shapes)
+    runs = []
+    for scheme in (get_scheme(name, l1_ratio=L1_RATIO), PREVIOUS[name]()):
+        params = [nn.Parameter(w.clone()) for w in weights]
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params, 0.02)
+        state: dict = {}
+        scheme.prepare(params, state)
+        runs.append((scheme, params, opt, state))
+    for step in range(60):
+        noise = [0.1 * torch.randn(s, generator=gen, dtype=DT) for s in shapes]
+        strength = 0.4 * (1.0 + 0.5 * math.sin(0.3 * step))
+        rate = (0.05 if optimizer == "sgd" else 0.02) * strength
+        for scheme, params, opt, state in runs:
+            for p, t, n in zip(params, targets, noise):
+                p.grad = (p.detach() - t) + n
+            with torch.no_grad():
+                scheme.before_update(params, [p.grad for p in params], rate, strength, state)
+                opt.step()
+                scheme.after_update(params, rate, strength, state)
+        for new, old in zip(runs[0][1], runs[1][1]):
+            torch.testing.assert_close(new, old, rtol=0, atol=1e-12)
+            assert torch.equal(new == 0, old == 0), f"step {step}: zero pattern differs for shape {tuple(new.shape)}"
+    if name != "cautious":
+        assert 0 < sum(int((p == 0).sum()) for p in runs[0][1]) < sum(p.numel() for p in runs[0][1])
+
+
+@pytest.mark.parametrize("name", ["l1", "group_lasso", "cautious", "l2_sp"])
+def test_fast_passes_match_the_reference_on_mixed_shapes(name):
+    """The for-loop references (tests/reference_impl.py) on shapes that take the large and the stacked paths."""
+    weights, targets, gen = _mixed_problem(seed=11)
+    steps, lr = 8, 0.05
+    noises = [[0.1 * torch.randn(s, generator=gen, dtype=DT) for s in MIXED] for _ in range(steps)]
+    strengths = [0.4 * (1.0 + 0.5 * math.sin(0.3 * t)) for t in range(steps)]
+    scheme, state = get_scheme(name), {}
+    params = [nn.Parameter(w.clone()) for w in weights]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    scheme.prepare(params, state)
+    ws, references = [w.clone() for w in weights], [w.clone() for w in weights]
+    opts = [ref.SGDMomentum(lr, 0.9) for _ in ws]
+    for noise, strength in zip(noises, strengths):
+        rate = lr * strength
+        for p, t, n in zip(params, targets, noise):
+            p.grad = (p.detach() - t) + n
+        with torch.no_grad():
+            scheme.before_update(params, [p.grad for p in params], rate, strength, state)
+            opt.step()
+            scheme.after_update(params, rate, strength, state)
+        for i in range(len(ws)):
+            extra = {"reference": references[i]} if name == "l2_sp" else {}
+            ws[i] = ref.SCHEMES[name](ws[i], (ws[i] - targets[i]) + noise[i], opts[i], rate, strength, **extra)
+        for p, w in zip(params, ws):
+            torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-12)
+            assert torch.equal(p == 0, w == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_passes_in_low_precision(dtype):
+    """float32: the stacked and large paths give what the previous code gave (zeros included). bfloat16: the
+    result of the same pass in float64, rounded (the previous code summed squares in bfloat16, the new norms
+    accumulate in float32, so there the float64 result is the judge)."""
+    from previous_schemes import PREVIOUS
+
+    gen = torch.Generator().manual_seed(2)
+    base = [torch.randn(s, generator=gen, dtype=DT).to(dtype) for s in MIXED]
+    for name in ("l1", "group_lasso"):
+        new = [b.clone() for b in base]
+        get_scheme(name).after_update(new, 0.3, 1.0, {})
+        if dtype == torch.float32:
+            judge = [b.clone() for b in base]
+            PREVIOUS[name]().after_update(judge, 0.3, 1.0, {})
+            tol = 0.0 if name == "l1" else 1e-6
+        else:
+            judge = [b.double() for b in base]
+            get_scheme(name).after_update(judge, 0.3, 1.0, {})
+            judge, tol = [j.to(dtype) for j in judge], 8e-3
+        for a, b in zip(new, judge):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+            assert torch.equal(a == 0, b == 0)

@@ -191,3 +191,29 @@ def test_stats_cover_only_tensors_an_optimizer_holds(quiet_trainer):
     metrics = cb.history[-1]["metrics"]
     assert "wd/weight_norm/head.weight" in metrics and "wd/weight_norm/body.0.weight" not in metrics
     assert metrics["wd/weight_norm"] == pytest.approx(naive(model, ["head.weight"])[1], rel=1e-12)
+
+
+@pytest.mark.parametrize("zero_tolerance", [0.0, 1e-3])
+def test_counts_equal_one_count_nonzero_per_tensor(zero_tolerance):
+    """The counts (with and without a tolerance) are those of one ``count_nonzero`` per tensor of the
+    previous code (``_foreach_abs``/``_foreach_sub_``/``_foreach_clamp_min_`` for the tolerance), in every dtype."""
+    gen = torch.Generator().manual_seed(4)
+    params = []
+    for k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),
+                                        ((16, 16), torch.float32), ((), torch.float64), ((3, 3, 3), torch.bfloat16),
+                                        ((0,), torch.float32), ((5,), torch.float64), ((4096,), torch.bfloat16),
+                                        ((7, 0), torch.float64), ((9,), torch.bfloat16)]
+                                       + [((4, 4), torch.float32)] * 9 + [((3,), torch.float64)] * 8):
+        t = torch.randn(shape, generator=gen, dtype=torch.float64) * 1e-2
+        t = (t * (torch.rand(shape, generator=gen, dtype=torch.float64) > 0.3)).to(dtype)
+        params.append(t)
+
+    def one(p):
+        if zero_tolerance > 0:
+            p = torch.clamp_min(p.abs() - zero_tolerance, 0.0)
+        return int(torch.count_nonzero(p))
+
+    got = nonzero_counts(params, zero_tolerance)
+    assert [int(c) for c in got] == [one(p) for p in params]
+    assert all(c.dtype == torch.int64 and c.ndim == 0 for c in got)
+    assert 0 < sum(map(int, got)) < sum(p.numel() for p in params)

@@ -14,7 +14,7 @@ from typing_extensions import override
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
 from lightning_wd.core.decay_step import OptimizerDecay
-from lightning_wd.core.distributed import check_strategy
+from lightning_wd.core.distributed import check_strategy, track_flat_shards
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
 from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
@@ -228,6 +228,7 @@ class WeightDecay(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         check_strategy(trainer, pl_module)  # one line naming a strategy not proven correct, and what works
+        track_flat_shards(trainer)  # FSDP1: each tensor a flat piece of itself; its original shape and offset
         self._reset_runtime()
         self.history = []
         self._module, self._trainer = pl_module, trainer

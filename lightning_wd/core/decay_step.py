@@ -266,7 +266,8 @@ class OptimizerDecay:
         for key in self.scheme.persistent_state:
             for bucket in self.buckets:
                 # full tensors (a collective for sharded ones: every rank saves): checkpoints hold whole tensors
-                out.setdefault(key, {}).update(zip(bucket.names, map(full, bucket.state.get(key, []))))
+                values = bucket.state.get(key, [])
+                out.setdefault(key, {}).update((n, full(v, p)) for n, v, p in zip(bucket.names, values, bucket.params))
         return out
 
     def load_persistent_state(self, key: str, values: Mapping[str, Tensor], argument: str = "reference") -> None:

@@ -9,6 +9,10 @@ tensor) needs a collective. Statistics are sums of per-rank contributions (:func
 a shard counts on its rank, a replica on rank 0 only), packed into one tensor and all-reduced once
 (:func:`all_reduce_sum`).
 
+Under FSDP1 (``FSDPStrategy`` with ``use_orig_params=True``) every original parameter is a flat piece of
+itself on each rank (:mod:`lightning_wd.core.flat_shards`): grouping reads the original names and shapes,
+element-wise schemes run on the pieces, sums add up the pieces (:func:`contribution` is 1 for each).
+
 Under DDP every rank holds the same full tensors: nothing here communicates and statistics are
 computed on rank 0 alone, as in one process.
 
@@ -28,12 +32,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_wd.core.flat_shards import flat_shard, gather, slice_of
+
 __all__ = ["SUPPORTED", "UnsupportedStrategyError", "all_reduce_sum", "check_placements", "check_strategy",
-           "contribution", "full", "is_sharded", "like", "local", "needs_collective", "rank", "split_unit"]
+           "contribution", "full", "is_sharded", "like", "local", "needs_collective", "rank", "split_unit",
+           "track_flat_shards"]
 
 #: What the refusals offer instead (one line).
-SUPPORTED = ("single device, 'ddp' / 'ddp_spawn' (DDPStrategy), or FSDP2: ModelParallelStrategy("
-             "tensor_parallel_size=1) with fully_shard")
+SUPPORTED = ("single device, 'ddp' / 'ddp_spawn' (DDPStrategy), FSDPStrategy(use_orig_params=True) with "
+             "FULL_SHARD, SHARD_GRAD_OP or NO_SHARD, or FSDP2: ModelParallelStrategy(tensor_parallel_size=1) "
+             "with fully_shard")
 
 
 class UnsupportedStrategyError(ValueError):
@@ -73,7 +81,7 @@ def _shard_dim0(tensor: Tensor) -> bool:
 def contribution(tensor: Tensor) -> float:
     """The weight of this rank's part of ``tensor`` in a sum over ranks: 1 for a shard; for a replica (a
     plain tensor in a multi-process run, a replicated ``DTensor``) 1 on rank 0 and 0 elsewhere."""
-    if is_sharded(tensor) and _shard_dim0(tensor):
+    if (is_sharded(tensor) and _shard_dim0(tensor)) or flat_shard(tensor) is not None:
         return 1.0
     return 1.0 if rank() == 0 else 0.0
 
@@ -88,10 +96,11 @@ def split_unit(tensor: Tensor) -> bool:
 
 
 def needs_collective(tensors: list[Tensor]) -> bool:
-    """Whether sums over ``tensors`` need an all-reduce (some are DTensors in a multi-process run)."""
+    """Whether sums over ``tensors`` need an all-reduce (some are DTensors or FSDP1 pieces in a multi-process
+    run)."""
     dist = torch.distributed
-    return (any(is_sharded(t) for t in tensors) and dist.is_available() and dist.is_initialized()
-            and dist.get_world_size() > 1)
+    return (any(is_sharded(t) or flat_shard(t) is not None for t in tensors) and dist.is_available()
+            and dist.is_initialized() and dist.get_world_size() > 1)
 
 
 def all_reduce_sum(packed: Tensor) -> Tensor:
@@ -102,14 +111,22 @@ def all_reduce_sum(packed: Tensor) -> Tensor:
     return packed
 
 
-def full(tensor: Tensor) -> Tensor:
-    """The whole logical tensor (a collective for a sharded ``DTensor``: call it on every rank)."""
-    return tensor.full_tensor() if is_sharded(tensor) else tensor
+def full(tensor: Tensor, layout: Tensor | None = None) -> Tensor:
+    """The whole logical tensor (a collective for a sharded ``DTensor`` or an FSDP1 piece: call it on every
+    rank). ``layout``: the parameter whose piece ``tensor`` is laid out like (a scheme's state of an FSDP1
+    parameter is a plain tensor of the piece's size)."""
+    if is_sharded(tensor):
+        return tensor.full_tensor()
+    shard = flat_shard(tensor if layout is None else layout)
+    return tensor if shard is None else gather(tensor, shard)
 
 
 def like(value: Tensor, param: Tensor) -> Tensor:
     """``value`` (a full tensor, or a DTensor) as a fresh tensor laid out like ``param``: its device, dtype
     and, for a ``DTensor`` ``param``, its mesh and placements (this rank's slice; no communication)."""
+    shard = flat_shard(param)
+    if shard is not None:
+        return slice_of(full(value).to(device=param.device, dtype=param.dtype), shard)
     if not is_sharded(param):
         return full(value).to(device=param.device, dtype=param.dtype).clone()
     if is_sharded(value):
@@ -138,8 +155,10 @@ def check_strategy(trainer: Any, module: torch.nn.Module | None = None) -> None:
 
     Proven (parity tests on 2 ranks): single device, ``DDPStrategy`` (``ddp``, ``ddp_spawn``, ...) and
     ``ModelParallelStrategy`` with FSDP2 data parallelism only (parameters sharded on dim 0 over a 1-D mesh).
-    Refused: DeepSpeed (it owns the optimizer step and flattens parameters), XLA, ``FSDPStrategy`` (FSDP1
-    keeps flat shards of the original tensors: rows and shapes are lost), tensor parallelism, anything else.
+    ``FSDPStrategy`` (FSDP1) with ``use_orig_params=True`` and ``FULL_SHARD``, ``SHARD_GRAD_OP`` or
+    ``NO_SHARD``. Refused: DeepSpeed (it owns the optimizer step and flattens parameters), XLA, FSDP1 with
+    ``use_orig_params=False`` (the optimizer gets flat parameters: names and shapes are lost) or a hybrid
+    sharding (elements replicated over some ranks only), tensor parallelism, anything else.
 
     Raises:
         UnsupportedStrategyError: the strategy (or a parameter's layout) is not supported.
@@ -155,9 +174,12 @@ def check_strategy(trainer: Any, module: torch.nn.Module | None = None) -> None:
     elif any("XLA" in n for n in names):
         refused = "it is not verified on XLA devices"
     elif "FSDPStrategy" in names:
-        flat = not getattr(strategy, "kwargs", {}).get("use_orig_params", True)
-        refused = ("FSDP1 with use_orig_params=False hands the optimizer flat parameters" if flat else
-                   "FSDP1 keeps each rank's tensors as flat 1-D pieces (original shapes and rows are lost)")
+        sharding = str(getattr(getattr(strategy, "sharding_strategy", None), "name", "FULL_SHARD"))
+        if not getattr(strategy, "kwargs", {}).get("use_orig_params", True):
+            refused = ("FSDP1 with use_orig_params=False hands the optimizer flat parameters (names and shapes "
+                       "are lost)")
+        elif "HYBRID" in sharding:
+            refused = f"sharding_strategy={sharding} replicates each shard over some ranks only"
     elif "ModelParallelStrategy" in names:
         tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
         if tensor_parallel not in (1, "auto"):
@@ -168,6 +190,16 @@ def check_strategy(trainer: Any, module: torch.nn.Module | None = None) -> None:
         raise UnsupportedStrategyError(f"WeightDecay does not support strategy {name}: {refused}; use {SUPPORTED}")
     if module is not None:
         check_placements(module, name)
+
+
+def track_flat_shards(trainer: Any) -> int:
+    """Record the FSDP1 pieces of the wrapped model (:func:`lightning_wd.core.flat_shards.track`); every
+    rank, at fit start. Any other strategy clears what an earlier fit recorded."""
+    from lightning_wd.core import flat_shards
+
+    strategy = getattr(trainer, "strategy", None)
+    wrapped = getattr(strategy, "model", None) if "FSDPStrategy" in _names(strategy) else None
+    return flat_shards.track(wrapped)
 
 
 def check_placements(module: torch.nn.Module, strategy: str = "this strategy") -> None:

@@ -34,6 +34,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from lightning_wd.core.audit import DECAY, NO_DECAY, AuditRow, GroupPlan
+from lightning_wd.core.flat_shards import clean_name, logical_numel, logical_shape
 from lightning_wd.core.rules import GroupingRules
 from lightning_wd.core.validation import check_strength
 
@@ -78,11 +79,18 @@ def _user_stacklevel() -> int:
     return level
 
 
+def _named_parameters(model: nn.Module):
+    """``(name, param)`` of every parameter, tied ones under each name, named as in the unwrapped model (FSDP1
+    wrappers left out of the names)."""
+    for name, param in model.named_parameters(remove_duplicate=False):
+        yield clean_name(name), param
+
+
 def _declared_no_decay(model: nn.Module) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(glob, source) pairs from ``no_weight_decay()`` and (keyword, source) from ``..._keywords()``."""
     globs, keywords = [], []
     for prefix, module in model.named_modules():
-        dotted = f"{prefix}." if prefix else ""
+        dotted = clean_name(f"{prefix}.") if prefix else ""
         owner = f"{prefix}.no_weight_decay" if prefix else "model.no_weight_decay"
         if callable(getattr(module, "no_weight_decay", None)):
             globs += [(dotted + str(n), owner) for n in module.no_weight_decay()]
@@ -132,9 +140,9 @@ def plan_groups(
     owners: dict[str, nn.Module] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
         for local, _ in module.named_parameters(recurse=False):
-            owners[f"{prefix}.{local}" if prefix else local] = module
+            owners[clean_name(f"{prefix}.{local}") if prefix else local] = module
     aliases: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
+    for name, param in _named_parameters(model):
         aliases.setdefault(id(param), []).append(name)
 
     globs, keywords = _declared_no_decay(model) if rules.use_model_no_weight_decay else ([], [])
@@ -171,12 +179,12 @@ def plan_groups(
             return False, f"embedding {type(owner).__name__}"
         if exclude_bias and name.endswith("bias"):
             return False, "bias"
-        if exclude_1d and param.ndim <= 1:
+        if exclude_1d and len(logical_shape(param)) <= 1:
             return False, "ndim<=1"
         return True, "weight"
 
-    for name, param in model.named_parameters(remove_duplicate=False):
-        shape, numel = tuple(param.shape), param.numel()
+    for name, param in _named_parameters(model):
+        shape, numel = tuple(logical_shape(param)), logical_numel(param)
         if id(param) in seen:
             rows.append(AuditRow(name, shape, numel, None, 0.0, f"tied to {aliases[id(param)][0]}"))
             continue

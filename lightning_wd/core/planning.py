@@ -16,6 +16,7 @@ from torch import nn
 
 from lightning_wd.core.audit import NO_DECAY, GroupPlan
 from lightning_wd.core.coupling import timescale_unit
+from lightning_wd.core.flat_shards import clean_name
 from lightning_wd.core.grouping import plan_groups
 from lightning_wd.core.retrofit import decay_kind
 from lightning_wd.core.rules import GroupingRules
@@ -56,8 +57,8 @@ class Planner:
         finally:
             for param in frozen:
                 param.requires_grad_(False)
-        self.names = {id(p): n for n, p in model.named_parameters()}
-        named = dict(model.named_parameters())
+        named = {clean_name(n): p for n, p in model.named_parameters()}  # as in the unwrapped model (FSDP1)
+        self.names = {id(p): n for n, p in named.items()}
         self._by_id = {id(named[r.name]): (r.group, r.strength) for r in self.plan.rows
                        if r.group is not None and r.name in named}
         self.order = [g["name"] for g in self.plan.groups]
@@ -97,7 +98,7 @@ class Planner:
         applied = {id(p): decay.strength(bucket) for decay in decays for bucket in decay.buckets
                    for p in bucket.params}
         held = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
-        named = dict(self.model.named_parameters())
+        named = {clean_name(n): p for n, p in self.model.named_parameters()}
         rows = []
         for row in self.plan.rows:
             param = named.get(row.name)

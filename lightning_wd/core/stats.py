@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from lightning_wd.core.distributed import all_reduce_sum, contribution, local, needs_collective
+from lightning_wd.core.flat_shards import logical_numel
 
 __all__ = ["decay_stats", "effective_weights", "needs_all_ranks", "nonzero_counts", "weight_stats"]
 
@@ -76,20 +77,21 @@ def weight_stats(
     """
     if not params:
         return {}
+    collective = needs_collective(params)  # on the tensors themselves: FSDP1 pieces are known by identity
+    numels = [logical_numel(p) for p in params]  # whole tensors (a DTensor's numel is global already)
+    shares = [contribution(p) for p in params] if collective else None
     params = [p.detach() for p in params]
-    collective = needs_collective(params)
     pieces = [local(p) for p in params] if collective else params
     counts = torch.stack(nonzero_counts(pieces, zero_tolerance)).double()
     squares = torch.stack(_norms(pieces)).double().square()
-    if collective:  # a shard counts on its rank, a replica on rank 0 only
-        weights = torch.tensor([contribution(p) for p in params], dtype=torch.float64, device=counts.device)
+    if shares is not None:  # a shard counts on its rank, a replica on rank 0 only
+        weights = torch.tensor(shares, dtype=torch.float64, device=counts.device)
         counts, squares = counts * weights, squares * weights
     extra = dict(extra or {})
     tail = [torch.as_tensor(v, dtype=torch.float64).to(counts.device).reshape(1) for v in extra.values()]
     packed = torch.cat([counts, squares, *tail])
     values = (all_reduce_sum(packed) if collective else packed).cpu().tolist()  # the one host sync
     n = len(params)
-    numels = [p.numel() for p in params]
     total = sum(numels)
     stats = {
         f"{prefix}/nonzero_fraction": sum(values[:n]) / total if total else 1.0,
@@ -140,7 +142,8 @@ def decay_stats(decays, model: torch.nn.Module | None = None, *, zero_tolerance:
     names, params, penalties, extra = [], [], [], {}
     for decay in decays:
         for bucket in decay.buckets:
-            tensors = [effective.get(id(p), p).detach() for p in bucket.params]
+            tensors = [effective.get(id(p), p) for p in bucket.params]  # no_grad: no detach (FSDP1 pieces
+            # are known by identity)
             names += bucket.names
             params += tensors
             value, extras = _terms(decay.scheme, tensors, decay.strength(bucket), bucket.state, collective)
