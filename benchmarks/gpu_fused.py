@@ -70,16 +70,16 @@ def run(repeats: int = 11, number: int = 20, dtypes: tuple[str, ...] = ("float32
                     scheme, state = get_scheme(name), {}
                     scheme.prepare(params, state)
 
-                    def apply(scheme=scheme, state=state):
+                    def apply(scheme=scheme, state=state, params=params, grads=grads):
                         scheme.before_update(params, grads, 1e-5, 1e-2, state)
                         scheme.after_update(params, 1e-5, 1e-2, state)
 
-                    def step(scheme=scheme, state=state):
+                    def step(scheme=scheme, state=state, params=params, grads=grads, bare_opt=bare_opt):
                         scheme.before_update(params, grads, 1e-5, 1e-2, state)
                         bare_opt.step()
                         scheme.after_update(params, 1e-5, 1e-2, state)
 
-                    t = _time({"bare": lambda: torch._foreach_mul_(params, 0.99999), "pass": apply,
+                    t = _time({"bare": lambda params=params: torch._foreach_mul_(params, 0.99999), "pass": apply,
                                "native": native_opt.step, "step": step}, repeats, number)
                     rows.append({"status": "measured", "device": device, "tensors": kind, "dtype": dtype_name,
                                  "scheme": name, "pass_us": t["pass"] * 1e6, "pass_vs_bare": t["pass"] / t["bare"],

@@ -58,7 +58,8 @@ def run(train_seeds: tuple[int, ...] = (0, 1, 2), study_seeds: tuple[int, ...] =
         def study(name, n, train_seed, **options):
             return tune(RECIPE, n, tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="bench_tuning",
                         progress=False, storage=f"sqlite:///{tmp}/{name}.db", study_name=name, out=f"{tmp}/{name}",
-                        overrides=["--trainer.max_epochs", str(epochs), "--seed_everything", str(train_seed)], **options)
+                        overrides=["--trainer.max_epochs", str(epochs), "--seed_everything", str(train_seed)],
+                        **options)
 
         space = {"strength": {"low": STRENGTH[0], "high": STRENGTH[1], "log": True, "points": grid_points}}
         values: dict[float, list[float]] = {}

@@ -46,6 +46,8 @@ CONFIGS = {
                           "adamw"),
     "l2_sp": (dict(scheme="l2_sp", strength=0.5, lr_coupling="lr_ratio"), "adamw"),
     "cautious": (dict(scheme="cautious", strength=0.5, schedule="cosine", final_strength=0.1), "adamw"),
+    "target_norm": (dict(scheme="target_norm", strength=0.5), "adamw"),  # whole-tensor norms: one all-reduce
+    "selective_projection": (dict(scheme="selective_projection", strength=0.8), "adamw"),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_wd.core.schemes import Cautious, ElasticNet, GroupLasso, L1
+from lightning_wd.core.schemes import L1, Cautious, ElasticNet, GroupLasso
 
 
 def soft_threshold_(params, threshold):

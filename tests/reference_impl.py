@@ -85,9 +85,40 @@ def cautious(w, g, update, rate, strength):
     return new
 
 
+def _norm(values: list[float]) -> float:
+    return math.sqrt(sum(x * x for x in values))
+
+
+def target_norm(w, g, update, rate, strength, target):
+    """Weight norm control (Loshchilov 2023): w <- w - rate * (w - target * w / |w|), then the update."""
+    norm = _norm(w.reshape(-1).tolist())
+    factor = 1 - rate + (rate * target / norm if norm > 0 else 0.0)
+    w = w.clone()
+    flat = w.view(-1)
+    for k in range(flat.numel()):
+        flat[k] = flat[k].item() * factor
+    return w + update(g)
+
+
+def selective_projection(w, g, update, rate, strength, reference):
+    """SPD (Tian et al. 2024), one layer: c = <g, w - w0>; after the update, if c > 0, project the deviation back
+    by r = strength * max(0, |w~ - w0| - |w - w0|) / |w~ - w0|."""
+    flat_w, flat_g, flat_r = w.reshape(-1).tolist(), g.reshape(-1).tolist(), reference.reshape(-1).tolist()
+    c = sum(gk * (wk - rk) for gk, wk, rk in zip(flat_g, flat_w, flat_r))
+    before = _norm([wk - rk for wk, rk in zip(flat_w, flat_r)])
+    new = (w + update(g)).clone()
+    after = _norm([nk - rk for nk, rk in zip(new.reshape(-1).tolist(), flat_r)])
+    if c > 0 and after > 0:
+        r = strength * max(0.0, after - before) / after
+        flat = new.view(-1)
+        for k in range(flat.numel()):
+            flat[k] = flat[k].item() - r * (flat[k].item() - flat_r[k])
+    return new
+
+
 SCHEMES = {
     "decoupled": decoupled, "l2": l2, "l1": l1, "elastic_net": elastic_net, "group_lasso": group_lasso,
-    "l2_sp": l2_sp, "cautious": cautious,
+    "l2_sp": l2_sp, "cautious": cautious, "target_norm": target_norm, "selective_projection": selective_projection,
 }
 
 

@@ -77,3 +77,15 @@ def test_gpu_script_imports_and_skips_cleanly_without_cuda(monkeypatch):
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: False)
     rows = gpu.run()
     assert rows == [{"status": "skipped: no CUDA device here, GPU figures not measured", "device": "-"}]
+
+
+def test_render_keeps_sections_written_by_hand(tmp_path):
+    from benchmarks import run
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\n## Multi-process: written by hand\n\n| a |\n|---|\n| 1 |\n")
+    run._render({}, out)
+    text = out.read_text()
+    assert "## Multi-process: written by hand\n\n| a |" in text
+    run._render({}, out)  # rendering again keeps it once
+    assert out.read_text().count("## Multi-process: written by hand") == 1

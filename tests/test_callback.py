@@ -499,7 +499,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
         (dict(timescale_epochs=0.0), r"`timescale_epochs` must be > 0"),
         (dict(timescale_epochs=-1.0), r"`timescale_epochs` must be a finite number >= 0"),
         (dict(timescale_epochs=5.0, schedule="cosine"), r"`timescale_epochs` works with schedule 'constant' or 'lr'"),
-        (dict(lr_coupling="sqrt"), r"`lr_coupling` must be one of lr, lr_ratio, none, corrected"),
+        (dict(lr_coupling="sqrt"), r"`lr_coupling` must be one of lr, lr_ratio, none, corrected, corrected_all"),
         (dict(scheme="l2", lr_coupling="none"), r"`lr_coupling` does not apply to scheme='l2'"),
         (dict(scheme="elastic_net", l1_ratio=1.5), r"`l1_ratio` must be a number in \[0, 1\]"),
         (dict(l1_ratio=-0.1), r"`l1_ratio` must be a number in \[0, 1\]"),

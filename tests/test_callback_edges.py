@@ -84,7 +84,7 @@ def test_resuming_a_checkpoint_saved_without_the_callback_does_not_decay_twice(t
     torch.testing.assert_close(model.a.bias, saved["a.bias"], rtol=0, atol=0)  # ... but never reaches a step
 
 
-@pytest.mark.parametrize("coupling", ["lr", "lr_ratio", "none", "corrected"])
+@pytest.mark.parametrize("coupling", ["lr", "lr_ratio", "none", "corrected", "corrected_all"])
 def test_timescale_gives_the_same_rate_under_every_lr_coupling(coupling):
     tau, steps_per_epoch = 2.0, 8
     model = Still(lambda m: torch.optim.SGD(m.parameters(), lr=0.01))

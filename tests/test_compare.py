@@ -129,7 +129,9 @@ def test_environment_variable_names_the_store(store, monkeypatch):
 
 def test_table_formats(store):
     rows = compare_runs("sweep", tracking_uri=store)
-    table = format_table(rows).splitlines()
+    table = [line.split() for line in format_table(rows).splitlines()]
+    assert [line[1] for line in table] == ["run_id"] + [r["run_id"][:8] for r in rows]  # short ids
+    table = [" ".join(line[:1] + line[2:]) for line in table]
     assert table[0].split() == ["run", "scheme", "strength", "schedule", "train_acc", "val_acc", "train_loss",
                                 "val_loss", "nonzero", "duration", "status"]
     assert table[1].split() == ["high", "decoupled", "0.1", "cosine", "-", "0.9000", "0.3000", "-", "-",
@@ -138,8 +140,8 @@ def test_table_formats(store):
     assert table[4].split() == ["running"] + ["-"] * 9 + ["RUNNING"]
 
     markdown = format_table(rows, "markdown").splitlines()
-    assert markdown[1] == "|---|---|---|---|---|---|---|---|---|---|---|"
-    assert markdown[2].startswith("| high | decoupled | 0.1 | cosine | - | 0.9000 |")
+    assert markdown[1] == "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    assert markdown[2].startswith(f"| high | {rows[0]['run_id'][:8]} | decoupled | 0.1 | cosine | - | 0.9000 |")
     assert all(line.startswith("|") and line.endswith("|") for line in markdown)
 
     parsed = list(csv.DictReader(io.StringIO(format_table(rows, "csv"))))
@@ -155,7 +157,7 @@ def test_table_formats(store):
 def test_missing_values_and_odd_cells():
     rows = [{"run": "a|b", "val_acc": float("nan"), "strength": "auto"}]
     assert "a\\|b" in format_table(rows, "markdown")
-    assert format_table(rows).splitlines()[1].split()[:4] == ["a|b", "-", "auto", "-"]
+    assert format_table(rows).splitlines()[1].split()[:5] == ["a|b", "-", "-", "auto", "-"]
 
 
 def test_command_prints_the_table(store, capsys):
@@ -207,3 +209,35 @@ def test_missing_default_store_is_not_created(tmp_path, monkeypatch, capsys):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     assert "--tracking-uri" in capsys.readouterr().out
+
+
+def test_filters_by_study_and_parent_and_pruned_status(store, capsys):
+    from mlflow import MlflowClient
+    from mlflow.entities import RunTag
+
+    client = MlflowClient(store)
+    experiment = client.create_experiment("tuning")
+    parent = client.create_run(experiment, run_name="study s").info.run_id
+    for number, state in ((0, "COMPLETE"), (1, "PRUNED")):
+        run = client.create_run(experiment, run_name=f"trial {number}", tags={
+            "mlflow.parentRunId": parent, "optuna.study_name": "s", "lightning_wd.kind": "trial"}).info.run_id
+        client.log_batch(run, tags=[RunTag("optuna.state", state)])
+        client.set_terminated(run, "FINISHED")
+    by_study = compare_runs(tracking_uri=store, study="s")
+    assert sorted((r["run"], r["status"]) for r in by_study) == [("trial 0", "FINISHED"), ("trial 1", "PRUNED")]
+    assert {r["run"] for r in compare_runs(tracking_uri=store, parent=parent)} == {"trial 0", "trial 1"}
+    # no --experiment: every experiment of the store (the recipes name their own), not "lightning_wd" only
+    assert len(compare_runs(tracking_uri=store)) == 4 + 3
+    assert main(["--tracking_uri", store, "--study", "s"]) == 0  # LightningCLI's spelling too
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "PRUNED" in lines[1] + lines[2]
+
+
+def test_closed_pipe_ends_cleanly(store, tmp_path):
+    import subprocess
+    import sys
+
+    shell = f"{sys.executable} -m lightning_wd compare --tracking-uri {store} | head -1"
+    result = subprocess.run(["bash", "-c", "set -o pipefail; " + shell], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split()[:2] == ["run", "run_id"]
+    assert result.stderr == "" and result.returncode == 0

@@ -87,12 +87,30 @@ def test_mnist1d_datamodule_batches_and_sequence_tokens():
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 40) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert len(dm.val_dataloader().dataset) == 30 and len(dm.test_dataloader().dataset) == 30
+    assert len(dm.val_dataloader().dataset) == 15 and len(dm.test_dataloader().dataset) == 15
+
+
+@pytest.mark.parametrize("make", [lambda: MNIST1DDataModule(batch_size=8, disk_cache=False, **SMALL),
+                                  lambda: DigitsDataModule(batch_size=8, val_fraction=0.3)])
+def test_train_validation_and_test_splits_share_no_sample(make):
+    dm = make()
+    dm.setup("fit")
+    rows = {name: {tuple(x.tolist()) for x in getattr(dm, f"{name}_set").tensors[0]}
+            for name in ("train", "val", "test")}
+    assert rows["val"] and rows["test"]
+    assert not rows["val"] & rows["test"] and not rows["train"] & rows["val"] and not rows["train"] & rows["test"]
+    held = len(rows["val"]) + len(rows["test"])
+    assert abs(len(rows["val"]) - dm.val_fraction * held) <= 1
+    again = make()
+    again.setup("fit")
+    assert torch.equal(again.test_set.tensors[0], dm.test_set.tensors[0])  # fixed by the seed
+    with pytest.raises(ValueError, match="val_fraction"):
+        MNIST1DDataModule(val_fraction=1.0)
 
     seq = MNIST1DDataModule(batch_size=16, as_sequence=True, vocab_size=8, disk_cache=False, **SMALL)
     seq.setup("fit")
     tokens, _ = next(iter(seq.val_dataloader()))
-    assert tokens.dtype == torch.int64 and tokens.shape == (16, 40)
+    assert tokens.dtype == torch.int64 and tokens.shape == (15, 40)  # the 15 validation samples
     assert int(tokens.min()) >= 0 and int(tokens.max()) < 8
 
 

@@ -67,3 +67,40 @@ def test_one_setting_is_a_recorded_fit_logged_to_mlflow(tmp_path, monkeypatch):
     assert recorded.info.status == "FINISHED"
     assert recorded.data.params["wd.scheme"] == "l1"
     assert "val/acc" in recorded.data.metrics
+
+
+def test_figures_one_colour_per_setting_and_bars_from_zero(tmp_path, monkeypatch):
+    import matplotlib.colors as mcolors
+
+    from lightning_wd.apps.report import figures
+
+    seen = {}
+
+    def keep(plt, fig, path):
+        seen[path.name] = fig
+        return path
+
+    monkeypatch.setattr(figures, "_save", keep)
+
+    class Fake:  # a Run's series and final value
+        def __init__(self, acc):
+            self.epochs = [0, 1, 2]
+            self.acc = acc
+
+        def series(self, metric):
+            return [self.acc - 0.1, self.acc - 0.05, self.acc]
+
+        def final(self, metric):
+            return self.acc
+
+    groups = {"no decay": [Fake(0.6), Fake(0.62)], "L1 (proximal)": [Fake(0.7), Fake(0.71)]}
+    figures.curves(tmp_path / "c.png", groups, [("val/acc", "validation accuracy")], "t")
+    figures.bars(tmp_path / "b.png", {"none": [Fake(0.6)], "L1": [Fake(0.7)]}, "val/acc", "accuracy")
+    lines = {line.get_label(): line.get_color() for line in seen["c.png"].axes[0].get_lines()}
+    bars = seen["b.png"].axes[0].patches
+
+    assert mcolors.to_hex(lines["no decay"]) == mcolors.to_hex(bars[0].get_facecolor())  # none = no decay
+    assert mcolors.to_hex(lines["L1 (proximal)"]) == mcolors.to_hex(bars[1].get_facecolor())
+    assert seen["b.png"].axes[0].get_ylim()[0] == 0.0
+    ticks = seen["c.png"].axes[0].xaxis.get_major_locator().tick_values(1, 3)
+    assert all(float(t).is_integer() for t in ticks)

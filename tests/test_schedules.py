@@ -167,7 +167,7 @@ def fit(quiet_trainer):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-@pytest.mark.parametrize("coupling", ["lr", "lr_ratio", "none", "corrected"])
+@pytest.mark.parametrize("coupling", ["lr", "lr_ratio", "none", "corrected_all"])
 def test_lr_coupling_with_steplr(fit, coupling, optimizer):
     lr0, lam, steps = 0.1, 0.5, 7
     model = _ZeroGrad(optimizer, lr0, scheduler=True)
@@ -176,7 +176,7 @@ def test_lr_coupling_with_steplr(fit, coupling, optimizer):
     lrs = [lr0 * 0.5 ** (t // 2) for t in range(steps)]
     assert model.lrs == pytest.approx(lrs, rel=1e-15)
     for t, lr in enumerate(lrs):  # the callback docstring's rates
-        rate = {"lr": lr * lam, "lr_ratio": lam * lr / lr0, "none": lam, "corrected": lam * lr**2 / lr0}[coupling]
+        rate = {"lr": lr * lam, "lr_ratio": lam * lr / lr0, "none": lam, "corrected_all": lam * lr**2 / lr0}[coupling]
         torch.testing.assert_close(model.trace[t + 1], model.trace[t] * (1 - rate), rtol=1e-13, atol=0)
     # AdamW decays natively except under "none" (its decay is always multiplied by lr)
     assert callback.decays[0].buckets[0].native == (optimizer == "adamw" and coupling != "none")

@@ -69,8 +69,10 @@ def _run_reference(name, optimizer, weights, targets, noises, strengths, lr):
         for i in range(len(ws)):  # one tensor at a time
             g = (ws[i] - targets[i]) + noise[i]
             extra = {"l1_ratio": L1_RATIO} if name == "elastic_net" else {}
-            if name == "l2_sp":
+            if name in ("l2_sp", "selective_projection"):
                 extra = {"reference": references[i]}
+            if name == "target_norm":  # the default target: each tensor's initial norm
+                extra = {"target": float(references[i].norm())}
             ws[i] = fn(ws[i], g, opts[i], rate, strength, **extra)
     return ws
 
@@ -217,7 +219,8 @@ def test_schemes_on_a_changing_subset_of_tensors():
 
 
 def test_get_scheme_errors_and_names():
-    assert set(SCHEMES) == {"decoupled", "l2", "l1", "elastic_net", "group_lasso", "l2_sp", "cautious"}
+    assert set(SCHEMES) == {"decoupled", "l2", "l1", "elastic_net", "group_lasso", "l2_sp", "cautious", "target_norm",
+                            "selective_projection"}
     for name in SCHEMES:
         assert get_scheme(name).name == name
     assert get_scheme("elastic_net", l1_ratio=0.25).l1_ratio == 0.25

@@ -69,7 +69,7 @@ def test_logged_nonzero_fraction_equals_the_final_model(fit, tmp_path):
      ("group_lasso", {"wd/penalty", "wd/dead_units"})],
 )
 def test_metric_names(fit, scheme, extra):
-    cb = WeightDecay(scheme=scheme, strength=0.1, print_audit=False)
+    cb = WeightDecay(scheme=scheme, strength=0.1, print_audit=False, diagnostics=False)  # see test_diagnostics
     fit(cb, epochs=1)
     per_tensor = {f"wd/{kind}/{name}" for kind in ("nonzero_fraction", "weight_norm") for name in DECAYED}
     expected = {"wd/nonzero_fraction", "wd/weight_norm", "wd/strength"} | per_tensor | extra
@@ -79,7 +79,7 @@ def test_metric_names(fit, scheme, extra):
 
 
 def test_per_layer_stats_false_drops_the_per_tensor_keys(fit):
-    cb = WeightDecay(scheme="l1", strength=0.1, per_layer_stats=False, print_audit=False)
+    cb = WeightDecay(scheme="l1", strength=0.1, per_layer_stats=False, print_audit=False, diagnostics=False)
     fit(cb, epochs=1)
     assert set(cb.history[-1]["metrics"]) == {"wd/nonzero_fraction", "wd/weight_norm", "wd/strength", "wd/penalty"}
 
@@ -199,7 +199,7 @@ def test_counts_equal_one_count_nonzero_per_tensor(zero_tolerance):
     previous code (``_foreach_abs``/``_foreach_sub_``/``_foreach_clamp_min_`` for the tolerance), in every dtype."""
     gen = torch.Generator().manual_seed(4)
     params = []
-    for k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),
+    for _k, (shape, dtype) in enumerate([((64, 80), torch.float32), ((16, 16), torch.float32), ((16,), torch.float32),
                                         ((16, 16), torch.float32), ((), torch.float64), ((3, 3, 3), torch.bfloat16),
                                         ((0,), torch.float32), ((5,), torch.float64), ((4096,), torch.bfloat16),
                                         ((7, 0), torch.float64), ((9,), torch.bfloat16)]

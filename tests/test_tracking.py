@@ -268,7 +268,8 @@ def test_fit_logs_to_default_sqlite_store(monkeypatch, tmp_path, mlflow_sqlite_t
     assert params["optimizer.group0.name"] == "decay" and params["optimizer.group1.name"] == "no_decay"
     assert params["optimizer.group0.tensors"] == "2" and params["optimizer.group1.tensors"] == "4"
     assert params["optimizer.group0.betas"] == "[0.9, 0.999]"
-    assert params["optimizer.group0.weight_decay"] == "0.1" and params["optimizer.group1.weight_decay"] == "0.0"
+    assert params["optimizer.group0.native_weight_decay"] == "0.1"  # the optimizer decays natively here
+    assert params["optimizer.group1.native_weight_decay"] == "0.0"
     assert {tags[f"lightning_wd.{k}"] for k in ("scheme", "schedule", "strength", "optimizer")} == {
         "decoupled", "constant", "0.1", "AdamW"}
     assert tags["lightning_wd.version"]

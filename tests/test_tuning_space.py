@@ -121,6 +121,10 @@ def test_settings_merge_arguments_recipe_section_and_defaults(tmp_path):
     assert (s.n_trials, s.metric, s.direction, s.pruner, s.sampler) == (7, "val/loss", "minimize", "hyperband", "tpe")
     assert s.study_name == "my_recipe" and s.storage == "sqlite:///mlruns/optuna.db"
     assert s.out == Path("mlruns/studies/my_recipe") and s.space.strength.high == 1e-3
+    with pytest.raises(TuneError, match="scheme l2 never sets weights to exactly 0"):
+        Settings.resolve(path, n_trials=2, objectives="accuracy,sparsity", pruner=None)
+    path.write_text(yaml.safe_dump(recipe("l1", tune={"n_trials": 7, "metric": "val/loss", "pruner": "hyperband",
+                                                      "space": {"strength": {"high": 1e-3}}})))
     s = Settings.resolve(path, n_trials=2, objectives="accuracy,sparsity", pruner=None)
     assert (s.n_trials, s.sampler, s.pruner, s.directions) == (2, "nsga2", "none", ["minimize", "minimize"])
     assert s.names == ["val/loss", "wd/nonzero_fraction"] and s.study_name == "my_recipe-accuracy-sparsity"

@@ -59,7 +59,7 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path
     assert states(study) == ["COMPLETE", "COMPLETE"]
     c = client()
     parent = runs(c, **{"lightning_wd.kind": "study"})[0]
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "study toy"
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["space.strength"] == "log[1e-05, 0.01]"
     assert parent.data.metrics["best_value"] == study.best_value
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
@@ -69,6 +69,11 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path
     for run in children:
         trial = study.trials[int(run.data.tags["optuna.trial_number"])]
         assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+        from lightning_wd.tracking.params import format_strength
+
+        label = f"l2 λ={format_strength(trial.params['strength'])}"
+        assert run.info.run_name == f"trial {trial.number} · {label} seed 0"  # what it is, not a drawn name
+        assert run.data.tags["lightning_wd.setting"] == label and run.data.tags["optuna.study_name"] == "toy"
         assert float(run.data.params["tune.strength"]) == pytest.approx(trial.params["strength"])
         assert run.data.metrics["optuna.value"] == pytest.approx(trial.value)
         assert "wd/nonzero_fraction" in run.data.metrics and "wd.scheme" in run.data.params  # MLflowRecord
@@ -94,21 +99,35 @@ def test_rerun_resumes_the_study_without_duplicating_trials(basic, monkeypatch, 
     parents = runs(c, **{"lightning_wd.kind": "study"})
     children = [len(runs(c, **{"mlflow.parentRunId": p.info.run_id})) for p in parents]
     assert children[-2:] == [0, 1] and all(p.info.status == "FINISHED" for p in parents)
+    assert [p.info.run_name for p in parents[-2:]] == ["study toy (resumed at trial 2)"] * 2
     assert_no_run_left_running(c)
 
 
-def test_best_yaml_is_a_recipe_that_fit_runs_as_is(basic):
+def test_best_yaml_is_a_recipe_that_fit_runs_as_is(basic, tmp_path):
     folder, _, study = basic
     best = folder / "mlruns" / "studies" / "toy" / "best.yaml"
-    recipe = yaml.safe_load(best.read_text())
+    text = best.read_text()
+    recipe = yaml.safe_load(text)
     assert "tune" not in recipe
     decay = recipe["trainer"]["callbacks"][0]["init_args"]
     assert decay["strength"] == study.best_params["strength"] and decay["scheme"] == "l2"
+    store = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    assert recipe["tracking_uri"] == store  # absolute: the study's store, from any folder
+    hint = next(line for line in text.splitlines() if line.startswith("# run it as is: "))
+    assert hint == f"# run it as is: cd {folder} && lightning-wd fit --config {best}"
+    from mlflow import MlflowClient
+
+    store_client = MlflowClient(store)
+    before = len(runs(store_client))
+    elsewhere = tmp_path / "elsewhere"  # e.g. the project root: best.yaml is not there, nor is the store
+    elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{REPO}"}
-    result = subprocess.run([sys.executable, "-m", "lightning_wd", "fit", "--config", str(best),
-                             "--trainer.max_epochs", "1"], cwd=folder, env=env, capture_output=True, text=True,
-                            timeout=300)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = hint.split(" && ", 1)[1].replace("lightning-wd", f"{sys.executable} -m lightning_wd", 1)
+    result = subprocess.run([*command.split(), "--trainer.max_epochs", "1"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert len(runs(store_client)) == before + 1 and not (elsewhere / "mlruns").exists()
 
 
 def test_pruned_trial_stops_early_and_its_run_is_not_failed(tmp_path, monkeypatch):
@@ -124,6 +143,10 @@ def test_pruned_trial_stops_early_and_its_run_is_not_failed(tmp_path, monkeypatc
     c = client()
     run = runs(c, **{"optuna.trial_number": "0"})[0]
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+    # what the MLflow UI's search box does: PRUNED trials of a study by their tags
+    found = c.search_runs([run.info.experiment_id],
+                          "tags.`optuna.state` = 'PRUNED' and tags.`optuna.study_name` = 'toy'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
     assert len(c.get_metric_history(run.info.run_id, "val/acc")) == 1  # stopped after epoch 0 of 3
     assert_no_run_left_running(c)
 
@@ -153,9 +176,10 @@ def test_ctrl_c_keeps_finished_trials_and_ends_every_run_killed(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     path = write_recipe(tmp_path, max_epochs=1, tune={"space": SPACE})
     handler = signal.getsignal(signal.SIGINT)
-    assert main(["--config", str(path), "--n-trials", "1", "--no-progress"]) == 0
-    code = main(["--config", str(path), "--n-trials", "2", "--no-progress",
-                 "--trainer.callbacks+=tuning_toy.RaiseInterrupt"])
+    interrupt = "--trainer.callbacks+=tuning_toy.RaiseInterrupt"
+    assert main(["--config", str(path), "--n-trials", "1", "--no-progress", interrupt]) == 0
+    monkeypatch.setenv("TOY_INTERRUPT", "1")
+    code = main(["--config", str(path), "--n-trials", "2", "--no-progress", interrupt])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN undone
     import optuna

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
+from typing import Any
 
 from lightning_wd.apps.errors import ConfigError, debug_enabled, report_error
 from lightning_wd.apps.recipes import resolve_recipe
@@ -41,6 +43,7 @@ subcommands:
   report                re-measure the claims of the weight-decay article
 
 A bad configuration exits with code 2 and one line on stderr (LIGHTNING_WD_DEBUG=1: full traceback).
+Quiet by default (one line per fit; the libraries' banners filtered): -v or --verbose brings them back.
 """
 
 
@@ -130,11 +133,18 @@ def _dispatch(subcommand: str, argv: list[str]) -> int:
 
 
 def _run_lightning(argv: list[str]) -> int:
+    from lightning_wd.apps import quiet
+
+    argv, verbose = quiet.strip_verbose(argv)
     try:
         subcommand, *args = check_config_files(argv)
         from lightning_wd.apps.runner import build_cli
 
-        build_cli(overrides=args, subcommand=subcommand)
+        quiet.install(verbose)
+        started = time.perf_counter()
+        cli = build_cli(overrides=args, subcommand=subcommand)
+        if getattr(cli, "trainer", None) is not None:
+            print(fit_summary(subcommand, cli.trainer, time.perf_counter() - started))
     except ConfigError as exc:
         return _error(exc)
     except ValueError as exc:
@@ -144,6 +154,27 @@ def _run_lightning(argv: list[str]) -> int:
             return _error(exc)  # the run is already marked FAILED with the reason
         raise
     return 0
+
+
+def fit_summary(subcommand: str, trainer: Any, seconds: float) -> str:
+    """One line per fit: the run's name (setting, seed), its last ``val/*`` (or ``test/*``) values, the
+    time, and where MLflow keeps it (a ``mlflow ui`` command that works from any folder)."""
+    from lightning_wd.tracking.logger import mlflow_logger_of
+
+    stage = "test/" if subcommand == "test" else "val/"
+    values = []
+    for key, value in sorted(trainer.callback_metrics.items()):
+        if key.startswith(stage) and getattr(value, "numel", lambda: 1)() == 1:
+            values.append(f"{key} {float(value):.4g}")
+    logger = mlflow_logger_of(trainer)
+    name, where = subcommand, ""
+    if logger is not None:
+        run = logger.experiment.get_run(logger.run_id)
+        name = f"{subcommand} {run.info.run_name}" if not run.info.run_name.startswith(subcommand) \
+            else run.info.run_name
+        where = (f"; MLflow run {logger.run_id[:8]}: {sys.executable} -m mlflow ui --backend-store-uri "
+                 f"{logger._tracking_uri}")
+    return f"{name}: {', '.join(values) or 'no ' + stage + '* metric'} in {seconds:.1f} s{where}"
 
 
 def main(argv: list[str] | None = None) -> int:

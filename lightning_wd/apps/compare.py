@@ -24,7 +24,7 @@ from typing import Any
 from lightning_wd.apps.errors import OneLineParser, UsageError
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.queries import ExperimentNotFound, compare_runs
-from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TrackingUnavailable
+from lightning_wd.tracking.uris import DEFAULT_TRACKING_URI, TrackingUnavailable
 
 __all__ = ["COLUMNS", "FORMATS", "format_table", "main"]
 
@@ -62,6 +62,8 @@ def _cell(key: str, value: Any, fmt: str) -> str:
         return "" if fmt == "csv" else MISSING
     if fmt == "csv":
         return f"{value:g}" if isinstance(value, float) and key != "duration_s" else str(value)
+    if key == "run_id":
+        return str(value)[:8]
     if key == "duration_s":
         return _duration(float(value))
     if key == "strength" and isinstance(value, (int, float)):
@@ -74,7 +76,8 @@ def _cell(key: str, value: Any, fmt: str) -> str:
 def format_table(rows: Sequence[Mapping], fmt: str = "table") -> str:
     """Render rows of :func:`compare_runs` as an aligned text table, a Markdown table, or CSV.
 
-    Missing values show as ``-`` (empty in CSV). ``table`` and ``markdown`` leave out the run id.
+    Missing values show as ``-`` (empty in CSV). ``table`` and ``markdown`` show the run id's first 8
+    characters (enough for ``mlflow runs describe`` and the UI's search), CSV the whole id.
 
     Args:
         rows: dicts keyed as in :data:`COLUMNS` (absent keys count as missing).
@@ -85,14 +88,14 @@ def format_table(rows: Sequence[Mapping], fmt: str = "table") -> str:
 
     Example:
         >>> print(format_table([{"run": "a", "val_acc": 0.9, "duration_s": 75.0}], "markdown"))
-        | run | scheme | strength | schedule | train_acc | val_acc | train_loss | val_loss | nonzero \
-| duration | status |
-        |---|---|---|---|---|---|---|---|---|---|---|
-        | a | - | - | - | - | 0.9000 | - | - | - | 1m15s | - |
+        | run | run_id | scheme | strength | schedule | train_acc | val_acc | train_loss | val_loss \
+| nonzero | duration | status |
+        |---|---|---|---|---|---|---|---|---|---|---|---|
+        | a | - | - | - | - | - | 0.9000 | - | - | - | 1m15s | - |
     """
     if fmt not in FORMATS:
         raise ValueError(f"`fmt` must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    columns = COLUMNS if fmt == "csv" else [c for c in COLUMNS if c[0] != "run_id"]
+    columns = COLUMNS
     headers = [header for _, header in columns]
     cells = [[_cell(key, row.get(key), fmt) for key, _ in columns] for row in rows]
     if fmt == "csv":
@@ -127,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = OneLineParser(prog="lightning-wd compare",
                            description="Compare MLflow runs: scheme, strength, accuracy, non-zero fraction.")
-    parser.add_argument("--experiment", default=None, help=f"experiment name or id (default: {DEFAULT_EXPERIMENT})")
+    parser.add_argument("--experiment", default=None, help="experiment name or id (default: every experiment)")
+    parser.add_argument("--parent", default=None, metavar="RUN_ID",
+                        help="only the child runs of this run (a study's trials)")
+    parser.add_argument("--study", default=None, metavar="NAME", help="only the trials of this Optuna study")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})")
     parser.add_argument("--format", default="table", choices=FORMATS, help="output format (default: table)")
@@ -140,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(done.code or 0)
 
     try:
-        rows = compare_runs(args.experiment, args.tracking_uri)
+        rows = compare_runs(args.experiment, args.tracking_uri, parent=args.parent, study=args.study)
     except (TrackingUnavailable, ExperimentNotFound) as error:
         print(f"lightning-wd compare: error: {one_line(error.args[0] if error.args else error, 500)}",
               file=sys.stderr)
@@ -151,5 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = getattr(error, "message", None) or error
         print(f"lightning-wd compare: error: {one_line(message, 500)}", file=sys.stderr)
         return 2
-    print(format_table(rows, args.format))
+    try:
+        print(format_table(rows, args.format), flush=True)
+    except BrokenPipeError:  # `compare | head -1`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0

@@ -32,7 +32,15 @@ class TuneError(ValueError):
 class OneLineParser(argparse.ArgumentParser):
     """``argparse`` whose errors raise :class:`UsageError` instead of printing usage and exiting.
 
+    Every ``--long-option`` is also accepted in LightningCLI's spelling, ``--long_option`` (and the other
+    way round), so ``fit``, ``tune``, ``compare`` and ``report`` take the same spellings; help shows the
+    underscored one, as LightningCLI does.
+
     Example:
+        >>> parser = OneLineParser(prog="x")
+        >>> _ = parser.add_argument("--n-trials", type=int)
+        >>> parser.parse_args(["--n_trials", "3"]).n_trials, parser.parse_args(["--n-trials=4"]).n_trials
+        (3, 4)
         >>> parser = OneLineParser(prog="x")
         >>> _ = parser.add_argument("--n", type=int)
         >>> try:
@@ -41,6 +49,17 @@ class OneLineParser(argparse.ArgumentParser):
         ...     print(error)
         argument --n: invalid int value: 'a'
     """
+
+    def add_argument(self, *names: str, **kwargs):  # noqa: D102
+        spelled: list[str] = []
+        for name in names:
+            if name.startswith("--"):
+                for alias in (name.replace("-", "_").replace("__", "--", 1), "--" + name[2:].replace("_", "-")):
+                    if alias not in spelled:
+                        spelled.append(alias)
+            else:
+                spelled.append(name)
+        return super().add_argument(*spelled, **kwargs)
 
     def error(self, message: str):
         raise UsageError(message)

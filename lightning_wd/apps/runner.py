@@ -23,7 +23,7 @@ from lightning_wd.apps.errors import ConfigError, debug_enabled
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 
-__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "describe"]
+__all__ = ["DEFAULT_LOGGER", "NOISE", "PROG", "build_cli", "describe", "run_name"]
 
 PROG = "lightning-wd"
 #: ``logger=DEFAULT_LOGGER``: MLflow unless the recipe sets ``trainer.logger`` (or ``fast_dev_run``)
@@ -123,6 +123,10 @@ def _cli_classes():
     from lightning.pytorch.loggers import MLFlowLogger
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+    # jsonargparse finds a class by its short name (`class_path: WeightDecay`, `--trainer.callbacks.help
+    # WeightDecay`) among the subclasses already imported: import the project's callbacks first
+    import lightning_wd.core.callback  # noqa: F401
+
     class OneLineErrorParser(LightningArgumentParser):
         """A parser whose errors raise :class:`ConfigError` instead of printing usage and exiting."""
 
@@ -199,9 +203,15 @@ def _cli_classes():
             ckpt = self._get(self.config, "ckpt_path")
             try:
                 run_id = tracking.run_id_from_checkpoint(ckpt) if ckpt and os.path.isfile(ckpt) else None
+                name = self._get(self.config, "run_name") or run_name(self._get(self.config, "trainer"),
+                                                                      self._get(self.config, "model"))
+                parent, tags = None, None
+                if self.subcommand in ("validate", "test"):  # its own run, a child of the training run
+                    parent, run_id, tags = run_id, None, {"lightning_wd.kind": self.subcommand}
+                    name = f"{self.subcommand} · {name}"
                 return tracking.mlflow_logger(experiment_name=self._get(self.config, "experiment"),
                                               tracking_uri=self._get(self.config, "tracking_uri"),
-                                              run_name=self._get(self.config, "run_name"), run_id=run_id)
+                                              run_name=name, run_id=run_id, parent_run_id=parent, tags=tags)
             except (tracking.TrackingUnavailable, ValueError) as exc:
                 raise ConfigError(one_line(exc)) from exc
 
@@ -214,6 +224,7 @@ def _cli_classes():
             if self._held_logs is not None:
                 self._held_logs.release()
             if not any(isinstance(lg, MLFlowLogger) for lg in self.trainer.loggers):
+                self._save_config_to_log_dir()
                 return
             from lightning_wd import tracking
 
@@ -223,7 +234,62 @@ def _cli_classes():
             text = self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False)
             tracking.log_config(self.trainer, text)
 
+        def _save_config_to_log_dir(self) -> None:
+            """``config.yaml`` in the log dir of a logger that has one (CSV, TensorBoard), as SaveConfigCallback
+            would; an existing one (a resumed fit) is kept."""
+            if self.subcommand != "fit" or not self.trainer.loggers or not self.trainer.is_global_zero:
+                return
+            log_dir = self.trainer.log_dir
+            if log_dir is None:
+                return
+            path = os.path.join(log_dir, "config.yaml")
+            if os.path.exists(path):
+                return
+            config = self.config.get(str(self.subcommand), self.config)
+            os.makedirs(log_dir, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(self._parser(self.subcommand).dump(config, skip_none=False, skip_link_targets=False))
+
     return WeightDecayCLI, OneLineErrorParser
+
+
+def _plain(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def run_name(trainer_config: Any, model_config: Any = None, seed: Any = None) -> str:
+    """The MLflow run name of a fit from what it is: ``l1 λ=1e-2 seed 0``.
+
+    The scheme and strength are the WeightDecay callback's in ``trainer.callbacks`` (its defaults when
+    unset: ``decoupled``, strength ``native`` = the optimizer's own), else the model's ``weight_decay``
+    argument (scheme ``native``); the seed is ``seed_everything``'s (Lightning's ``PL_GLOBAL_SEED``, set
+    before the logger is built). MLflow's own names are drawn from a seeded generator, so every fit of a
+    recipe would get the same one.
+
+    Example:
+        >>> run_name({"callbacks": [{"class_path": "lightning_wd.WeightDecay",
+        ...                          "init_args": {"scheme": "l1", "strength": 0.01}}]}, seed=0)
+        'l1 λ=1e-2 seed 0'
+        >>> run_name({"callbacks": None}, {"init_args": {"weight_decay": 0.1}}, seed=3)
+        'native λ=0.1 seed 3'
+    """
+    from lightning_wd.tracking.params import setting_label
+
+    if seed is None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+    callbacks = _plain((_plain(trainer_config) or {}).get("callbacks")) or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        callback = _plain(callback)
+        if isinstance(callback, Mapping) and str(callback.get("class_path", "")).split(".")[-1] == "WeightDecay":
+            args = _plain(callback.get("init_args")) or {}
+            scheme = _plain(args.get("scheme")) or "decoupled"
+            if isinstance(scheme, Mapping):  # {class_path: mypkg.MyScheme}
+                scheme = scheme.get("class_path", "custom")
+            return setting_label(str(scheme).rsplit(".", 1)[-1], args.get("strength"), seed)
+    model_args = _plain((_plain(model_config) or {}).get("init_args")) if isinstance(_plain(model_config), Mapping) \
+        else None
+    strength = (model_args or {}).get("weight_decay", 0.0)
+    return setting_label("native" if strength else "none", strength, seed)
 
 
 def _config_argument(config: Any) -> str:
@@ -241,13 +307,19 @@ def _config_argument(config: Any) -> str:
 
 
 def _with_dashes_normalised(args: Sequence[str]) -> list[str]:
-    """Dashed spellings of our options (``--tracking-uri``) to LightningCLI's underscored ones."""
-    aliases = {"--tracking-uri": "--tracking_uri", "--run-name": "--run_name", "--ckpt-path": "--ckpt_path",
-               "--print-config": "--print_config"}
+    """Dashed spellings of option names (``--tracking-uri``, ``--trainer.max-epochs``) to LightningCLI's
+    underscored ones; values are left as they are.
+
+    Example:
+        >>> _with_dashes_normalised(["--tracking-uri", "x-y", "--trainer.max-epochs=3", "-1"])
+        ['--tracking_uri', 'x-y', '--trainer.max_epochs=3', '-1']
+    """
     out = []
     for arg in args:
         name, eq, value = str(arg).partition("=")
-        out.append(aliases[name] + eq + value if name in aliases else str(arg))
+        if name.startswith("--") and "\n" not in name:
+            name = "--" + name[2:].replace("-", "_")
+        out.append(name + eq + value)
     return out
 
 

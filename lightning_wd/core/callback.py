@@ -14,6 +14,7 @@ from typing_extensions import override
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
 from lightning_wd.core.decay_step import OptimizerDecay
+from lightning_wd.core.diagnostics import Diagnostics
 from lightning_wd.core.distributed import check_strategy, track_flat_shards
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
@@ -51,7 +52,8 @@ class WeightDecay(Callback):
     checkpoint saved with WeightDecay resumes without it.
 
     Args:
-        scheme: ``decoupled``, ``l2``, ``l1``, ``elastic_net``, ``group_lasso``, ``l2_sp``, ``cautious``, or
+        scheme: ``decoupled``, ``l2``, ``l1``, ``elastic_net``, ``group_lasso``, ``l2_sp``, ``cautious``,
+            ``target_norm`` (weight norm control), ``selective_projection`` (SPD), or
             a :class:`~lightning_wd.core.schemes.Scheme` (instance or subclass) of your own. Default
             (None): ``decoupled``; with ``strength=None``, the optimizer's own kind (AdamW: decoupled;
             SGD, Adam, RMSprop, ...: ``l2``).
@@ -66,7 +68,11 @@ class WeightDecay(Callback):
             (Wang & Aitchison 2024); lambda is derived per group from its initial lr and the optimizer
             steps per epoch, so a setting transfers across dataset and batch size.
         lr_coupling: how lr enters the decay rate: ``lr`` (``lr * lambda``, PyTorch), ``lr_ratio``
-            (``lambda * lr / lr0``), ``none`` (``lambda``), ``corrected`` (``lambda * lr^2 / lr_max``, AdamC).
+            (``lambda * lr / lr0``), ``none`` (``lambda``), ``corrected`` (AdamC as its paper defines it:
+            ``lambda * lr^2 / lr_max`` on the tensors of layers that feed a normalisation layer, ``lr * lambda`` on
+            the others; the audit shows which), ``corrected_all`` (``lambda * lr^2 / lr_max`` everywhere, timm).
+        normalized_layers: with ``lr_coupling="corrected"``: globs of the parameter names that get the corrected
+            decay, instead of detecting the layers that feed a norm layer (:mod:`lightning_wd.core.normalized`).
         exclude: globs of parameter names (or ``type:`` globs of module classes) that do not decay.
         include: globs that decay even where a default rule excludes them.
         multipliers: ``{glob: factor}``: matching decayed tensors decay with ``strength * factor``.
@@ -75,8 +81,8 @@ class WeightDecay(Callback):
         exclude_norm: parameters of normalisation layers do not decay.
         exclude_embeddings: embedding tables do not decay.
         use_model_no_weight_decay: honour the model's ``no_weight_decay()`` declarations.
-        reference: for schemes that decay toward reference weights (``l2_sp``): a state dict (or a path to
-            one); default: the weights at the start of training.
+        reference: for schemes that decay toward reference weights (``l2_sp``, ``selective_projection``): a state
+            dict (or a path to one); default: the weights at the start of training.
         zero_tolerance: statistics count ``|w| <= zero_tolerance`` as zero.
         log_every_n_steps: statistics interval in optimizer steps. Default (None): the Trainer's
             ``log_every_n_steps``, doubled (so that the statistics stay on steps Lightning logs too) while one
@@ -87,6 +93,10 @@ class WeightDecay(Callback):
             The statistics are also logged once at the end of training (rank zero only; each entry goes to
             ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
+        diagnostics: also log the equilibrium diagnostics at the statistics interval (per tensor too with
+            ``per_layer_stats``): ``wd/grad_weight_ratio``, ``wd/update_weight_ratio``, ``wd/angular_update``,
+            ``wd/equilibrium_ratio``, ``wd/stable_rank`` (:mod:`lightning_wd.core.diagnostics`; the decayed
+            tensors are copied on the step before each logging step only).
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
         split_groups: split the optimizer's groups so that it decays natively (changes the groups; opt-in).
@@ -110,6 +120,7 @@ class WeightDecay(Callback):
         warmup_steps: int = 0,
         timescale_epochs: float | None = None,
         lr_coupling: str = "lr",
+        normalized_layers: list[str] | None = None,
         exclude: list[str] | None = None,
         include: list[str] | None = None,
         multipliers: dict[str, float] | None = None,
@@ -122,12 +133,14 @@ class WeightDecay(Callback):
         zero_tolerance: float = 0.0,
         log_every_n_steps: int | None = None,
         per_layer_stats: bool = True,
+        diagnostics: bool = True,
         print_audit: bool = True,
         native: bool = True,
         split_groups: bool = False,
     ) -> None:
         check_fraction(l1_ratio, "l1_ratio")
-        for argument, value in (("per_layer_stats", per_layer_stats), ("print_audit", print_audit),
+        for argument, value in (("per_layer_stats", per_layer_stats), ("diagnostics", diagnostics),
+                                ("print_audit", print_audit),
                                 ("native", native), ("split_groups", split_groups)):
             check_bool(value, argument)
         self._scheme_given = scheme is not None
@@ -139,6 +152,12 @@ class WeightDecay(Callback):
         if not self.scheme.uses_lr and lr_coupling != "lr":
             raise ValueError(f"`lr_coupling` does not apply to scheme={self.scheme.name!r} (the lr never enters "
                              "its decay); leave it 'lr'")
+        if normalized_layers is not None and lr_coupling != "corrected":
+            raise ValueError("`normalized_layers` applies to lr_coupling='corrected' only")
+        if normalized_layers is not None and (isinstance(normalized_layers, str)
+                                              or not all(isinstance(g, str) for g in normalized_layers)):
+            raise ValueError(f"`normalized_layers` must be a list of glob strings, got {normalized_layers!r}")
+        self.normalized_layers = None if normalized_layers is None else list(normalized_layers)
         relative = timescale_epochs is not None or self.strength is None
         if timescale_epochs is not None:
             if _number(timescale_epochs, "timescale_epochs") == 0:
@@ -170,6 +189,7 @@ class WeightDecay(Callback):
         self.zero_tolerance = _number(zero_tolerance, "zero_tolerance")
         self.log_every_n_steps = log_every_n_steps
         self.per_layer_stats = per_layer_stats
+        self.diagnostics = diagnostics
         self.print_audit = print_audit
         self.native = native
         self.split_groups = split_groups
@@ -189,6 +209,8 @@ class WeightDecay(Callback):
         self._module: LightningModule | None = None
         self._trainer: Trainer | None = None
         self._applied: float | None = None
+        self._diagnostics = Diagnostics(per_tensor=self.per_layer_stats) if self.diagnostics else None
+        self._total_steps: float | None = None
         self._every_factor = 1
         self._stats_seconds = 0.0  # computing and logging the statistics, on the training thread
         self._stats_calls = 0
@@ -236,6 +258,7 @@ class WeightDecay(Callback):
             if isinstance(optimizer, torch.optim.LBFGS):
                 raise ValueError("WeightDecay does not support LBFGS (it evaluates the closure several times per step)")
         self.schedule.set_total_steps(trainer.estimated_stepping_batches)
+        self._total_steps = trainer.estimated_stepping_batches
         self._fitting = True
         if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in pl_module.parameters()):
             self._deferred = True  # lazy modules: plan at the first step, once the forward has shaped them
@@ -246,7 +269,7 @@ class WeightDecay(Callback):
     def _build(self, trainer: Trainer, pl_module: LightningModule, steps: list[int] | None = None) -> None:
         """Plan, check the checkpoint's decisions, and set up the decay of every optimizer."""
         self._planner = Planner(pl_module, self.rules, self.scheme, self.strength is None,
-                                self.timescale_epochs, self.lr_coupling)
+                                self.timescale_epochs, self.lr_coupling, self.normalized_layers)
         self._check_resume()
         if self.strength is None and not self._scheme_given:
             self.scheme = self._planner.own_scheme(trainer.optimizers, self.scheme)
@@ -260,6 +283,7 @@ class WeightDecay(Callback):
                 coupling=self.lr_coupling, native=self.native, per_group_strength=self.strength is None,
                 lr_max_of=lambda group: float(group.get("max_lr", 0.0)),
                 group_scale=self._planner.timescale(trainer) if self.timescale_epochs else None,
+                coupling_of=self._planner.coupling_of,
             ) if self._active else None
             if decay is None:
                 continue
@@ -411,7 +435,20 @@ class WeightDecay(Callback):
         stats = decay_stats(self.decays, pl_module or self._module, zero_tolerance=self.zero_tolerance,
                             per_tensor=self.per_layer_stats)
         stats["wd/strength"] = self.current_strength()
+        if self._diagnostics is not None:
+            step = self._trainer.global_step if self._trainer is not None else -1
+            stats.update(self._diagnostics.compute(self.decays, step))
         return stats
+
+    @override
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # The diagnostics' snapshot of w (before the update), on the step before a logging step only.
+        if self._diagnostics is None or not self.decays:
+            return
+        if not self._diagnostics.due(trainer.global_step, self._interval(trainer), self._total_steps):
+            return
+        if trainer.is_global_zero or needs_all_ranks(self.decays):
+            self._diagnostics.snapshot([d for d in self.decays if d.optimizer is optimizer], trainer.global_step)
 
     def _log_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step

@@ -65,6 +65,7 @@ class Bucket:
     native: bool
     state: dict = field(default_factory=dict)
     pending: tuple = ()  # (active params, rate, strength) between before and after the update
+    coupling: str = "lr"  # how the lr enters these tensors' decay (:mod:`lightning_wd.core.coupling`)
 
 
 class OptimizerDecay:
@@ -82,6 +83,7 @@ class OptimizerDecay:
             schedule's value; otherwise the schedule's value is the strength.
         lr_max_of: ``group -> largest lr of the run`` (``corrected`` coupling; default: the group's lr0).
         group_scale: ``group -> factor`` on the multipliers of the group's tensors (``timescale_epochs``).
+        coupling_of: ``param -> coupling`` per tensor (AdamC's per-layer ``corrected``); default: ``coupling``.
     """
 
     def __init__(
@@ -96,11 +98,12 @@ class OptimizerDecay:
         per_group_strength: bool = False,
         lr_max_of: Callable[[dict], float] | None = None,
         group_scale: Callable[[dict], float] | None = None,
+        coupling_of: Callable[[Tensor], str] | None = None,
     ) -> None:
         self.optimizer, self.scheme, self.schedule, self.assign = optimizer, scheme, schedule, assign
         self.names = dict(names or {})
         self.coupling, self.native, self.per_group_strength = coupling, native, per_group_strength
-        self.lr_max_of, self.group_scale = lr_max_of, group_scale
+        self.lr_max_of, self.group_scale, self.coupling_of = lr_max_of, group_scale, coupling_of
         self.step_count = 0
         self.buckets: list[Bucket] = []
         self.native_groups: set[int] = set()
@@ -122,14 +125,16 @@ class OptimizerDecay:
 
     def _group_buckets(self, index: int) -> list[Bucket]:
         group = self.optimizer.param_groups[index]
-        decided: dict[str, tuple[float, list[Tensor]]] = {}
+        decided: dict[tuple[str, str], tuple[float, list[Tensor]]] = {}
         for param in group["params"]:
             key, multiplier = self.assign(param)
-            decided.setdefault(key, (multiplier, []))[1].append(param)
+            coupling = self.coupling_of(param) if self.coupling_of else self.coupling
+            decided.setdefault((key, coupling), (multiplier, []))[1].append(param)
+        couplings = {coupling for _, coupling in decided}
         native = (
             self.native and len(decided) == 1 and self.scheme.native is not None and "weight_decay" in group
             and decay_kind(self.optimizer, group) == self.scheme.native
-            and not (self.scheme.native == "decoupled" and self.coupling == "none")
+            and not (self.scheme.native == "decoupled" and couplings == {"none"})
         )
         if native:
             self.native_groups.add(index)
@@ -137,11 +142,12 @@ class OptimizerDecay:
         lr_max = float(self.lr_max_of(group)) if self.lr_max_of else lr0
         scale = float(self.group_scale(group)) if self.group_scale else 1.0
         buckets = []
-        for multiplier, params in decided.values():
+        for (_, coupling), (multiplier, params) in decided.items():
             if not multiplier:
                 continue
             bucket = Bucket(index=index, names=[self.names.get(id(p), "?") for p in params], params=params,
-                            multiplier=multiplier * scale, lr0=lr0, lr_max=max(lr_max, lr0), native=native)
+                            multiplier=multiplier * scale, lr0=lr0, lr_max=max(lr_max, lr0), native=native,
+                            coupling=coupling)
             self.scheme.prepare(params, bucket.state)
             buckets.append(bucket)
         return buckets
@@ -156,6 +162,13 @@ class OptimizerDecay:
             value *= float(group.get("weight_decay", 0.0) if user_decay is None else user_decay)
         return value
 
+    def rate(self, bucket: Bucket) -> float:
+        """The decay rate of ``bucket`` at this step (``1 - rate`` is a decoupled scheme's factor), also inside a
+        step, while the user's ``weight_decay`` is held aside."""
+        lr = float(self.optimizer.param_groups[bucket.index]["lr"])
+        strength = self.strength(bucket, self._user_decay.get(bucket.index))
+        return decay_rate(bucket.coupling, strength, lr, bucket.lr0, bucket.lr_max)
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def before(self) -> None:
@@ -167,9 +180,9 @@ class OptimizerDecay:
             group = groups[bucket.index]
             lr = float(group["lr"])
             strength = self.strength(bucket, self._user_decay.get(bucket.index))
-            rate = decay_rate(self.coupling, strength, lr, bucket.lr0, bucket.lr_max)
+            rate = decay_rate(bucket.coupling, strength, lr, bucket.lr0, bucket.lr_max)
             if bucket.native:
-                value = coefficient(self.coupling, strength, lr, bucket.lr0, bucket.lr_max) \
+                value = coefficient(bucket.coupling, strength, lr, bucket.lr0, bucket.lr_max) \
                     if self.scheme.native == "decoupled" else strength
                 group["weight_decay"] = self.scheme.native_strength(value)
                 if not self._has_after:

@@ -123,7 +123,10 @@ def full(tensor: Tensor, layout: Tensor | None = None) -> Tensor:
 
 def like(value: Tensor, param: Tensor) -> Tensor:
     """``value`` (a full tensor, or a DTensor) as a fresh tensor laid out like ``param``: its device, dtype
-    and, for a ``DTensor`` ``param``, its mesh and placements (this rank's slice; no communication)."""
+    and, for a ``DTensor`` ``param``, its mesh and placements (this rank's slice; no communication). A 0-d
+    ``value`` (a per-tensor number such as a target norm) stays a plain 0-d tensor on ``param``'s device."""
+    if value.ndim == 0 and not is_sharded(value):
+        return value.to(device=param.device, dtype=param.dtype).clone()
     shard = flat_shard(param)
     if shard is not None:
         return slice_of(full(value).to(device=param.device, dtype=param.dtype), shard)

@@ -18,6 +18,7 @@ from lightning_wd.core.audit import NO_DECAY, GroupPlan
 from lightning_wd.core.coupling import timescale_unit
 from lightning_wd.core.flat_shards import clean_name
 from lightning_wd.core.grouping import plan_groups
+from lightning_wd.core.normalized import normalized_tensors
 from lightning_wd.core.retrofit import decay_kind
 from lightning_wd.core.rules import GroupingRules
 from lightning_wd.core.schemes import Scheme, scheme_for_native
@@ -45,9 +46,12 @@ class Planner:
     """
 
     def __init__(self, model: nn.Module, rules: GroupingRules, scheme: Scheme, per_group: bool = False,
-                 timescale_epochs: float | None = None, coupling: str = "lr") -> None:
+                 timescale_epochs: float | None = None, coupling: str = "lr",
+                 normalized_layers: list[str] | None = None) -> None:
         self.model, self.scheme, self.per_group = model, scheme, per_group
         self.timescale_epochs, self.coupling = timescale_epochs, coupling
+        # AdamC per layer: "corrected" on tensors that feed a norm layer, "lr" on the others
+        self.normalized = normalized_tensors(model, normalized_layers) if coupling == "corrected" else {}
         frozen = [p for p in model.parameters() if not p.requires_grad]
         self.frozen = {id(p) for p in frozen}
         for param in frozen:
@@ -67,12 +71,22 @@ class Planner:
         """``(decision key, strength multiplier)`` of a tensor (unknown tensors do not decay)."""
         return self._by_id.get(id(param), (NO_DECAY, 0.0))
 
+    def coupling_of(self, param: torch.Tensor) -> str:
+        """The lr coupling of a tensor: under ``corrected``, AdamC's only on the tensors of normalised layers."""
+        if self.coupling != "corrected":
+            return self.coupling
+        return self._coupling_of_name(self.names.get(id(param)))
+
     def key(self, param: torch.Tensor) -> str:
         return self.assign(param)[0]
 
     def decisions(self) -> dict[str, list]:
         """``{name: [multiplier, reason]}`` of every grouped tensor (what a resume must agree on)."""
-        return {r.name: [r.strength, r.reason] for r in self.plan.rows if r.group is not None}
+        return {r.name: [r.strength, r.reason] + ([self._coupling_of_name(r.name)] if self.normalized else [])
+                for r in self.plan.rows if r.group is not None}
+
+    def _coupling_of_name(self, name: str | None) -> str:
+        return "corrected" if name in self.normalized else "lr"
 
     @staticmethod
     def own_scheme(optimizers: Iterable[torch.optim.Optimizer], default: Scheme) -> Scheme:
@@ -110,6 +124,9 @@ class Planner:
                 rows.append(dataclasses.replace(row, strength=0.0, reason=f"{row.reason} (in no optimizer)"))
             else:
                 reason = row.reason + (" (frozen now, held by the optimizer)" if id(param) in self.frozen else "")
+                if self.coupling == "corrected" and row.strength:
+                    why = self.normalized.get(row.name)
+                    reason += f"; lr coupling corrected ({why})" if why else "; lr coupling lr (feeds no norm layer)"
                 rows.append(dataclasses.replace(row, strength=applied.get(id(param), 0.0), reason=reason))
         strengths: dict[str, float] = {}
         for row in rows:

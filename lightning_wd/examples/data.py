@@ -84,7 +84,7 @@ def load_mnist1d(
 
     Args:
         num_train: training samples; ``num_train + num_test`` must be a multiple of 10 (one tenth per class).
-        num_test: held-out samples (used for validation and test).
+        num_test: held-out samples (the data modules split them into validation and test).
         seed: generator seed; the same seed gives the same arrays.
         cache_dir: folder of the on-disk cache.
         disk_cache: read and write the on-disk cache.
@@ -156,50 +156,64 @@ def quantize(x: np.ndarray, reference: np.ndarray, vocab_size: int) -> np.ndarra
 
 
 class _ArrayDataModule(LightningDataModule):
-    """Shared loaders over in-memory tensors; the held-out split serves as validation and test set."""
+    """Shared loaders over in-memory tensors: train, validation and test splits that share no sample.
+
+    The held-out samples are split by a seeded permutation: ``val_fraction`` of them validate (what
+    ``val/acc`` and so tuning select on), the rest test (what ``lightning-wd test`` measures).
+    """
 
     num_features: int
     num_classes: int = NUM_CLASSES
 
-    def __init__(self, batch_size: int, num_workers: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int, val_fraction: float = 0.5, seed: int = 0) -> None:
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be non-negative, got {num_workers}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"`val_fraction` must be in (0, 1) (the rest of the held-out samples is the test "
+                             f"split), got {val_fraction}")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the train and held-out tensor datasets (idempotent)."""
+        """Build the train, validation and test tensor datasets (idempotent)."""
         if self.train_set is not None:
             return
-        x, y, x_test, y_test = self._arrays()
+        x, y, x_held, y_held = self._arrays()
+        order = np.random.default_rng(self.seed).permutation(len(y_held))
+        cut = min(max(1, round(self.val_fraction * len(order))), len(order) - 1)
+        val, test = np.sort(order[:cut]), np.sort(order[cut:])
         self.train_set = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-        self.val_set = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
+        self.val_set = TensorDataset(torch.from_numpy(x_held[val]), torch.from_numpy(y_held[val]))
+        self.test_set = TensorDataset(torch.from_numpy(x_held[test]), torch.from_numpy(y_held[test]))
 
-    def _loader(self, train: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         self.setup()
-        dataset = self.train_set if train else self.val_set
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=split == "train",
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches ``(x, y)``."""
-        return self._loader(train=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        """Held-out batches, in a fixed order."""
-        return self._loader(train=False)
+        """Validation batches (``val_fraction`` of the held-out samples), in a fixed order."""
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        """The held-out batches again (the examples have no separate test split)."""
-        return self._loader(train=False)
+        """Test batches (the other held-out samples, never validated on), in a fixed order."""
+        return self._loader("test")
 
 
 class MNIST1DDataModule(_ArrayDataModule):
@@ -211,8 +225,9 @@ class MNIST1DDataModule(_ArrayDataModule):
     Args:
         batch_size: samples per batch.
         num_train: training samples.
-        num_test: held-out samples, used for validation and test.
-        seed: generator seed (the data, not the training run).
+        num_test: held-out samples, split into validation and test.
+        val_fraction: share of the held-out samples that validate; the rest is the test split.
+        seed: generator seed (the data and the validation/test split, not the training run).
         as_sequence: yield int64 tokens of shape (N, 40) instead of float32 values.
         vocab_size: number of tokens when ``as_sequence`` is set.
         num_workers: DataLoader workers.
@@ -234,6 +249,7 @@ class MNIST1DDataModule(_ArrayDataModule):
         batch_size: int = 100,
         num_train: int = 4000,
         num_test: int = 1000,
+        val_fraction: float = 0.5,
         seed: int = 0,
         as_sequence: bool = False,
         vocab_size: int = 32,
@@ -241,7 +257,7 @@ class MNIST1DDataModule(_ArrayDataModule):
         cache_dir: str | None = None,
         disk_cache: bool = True,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, val_fraction, seed)
         if num_train <= 0 or num_test <= 0 or (num_train + num_test) % NUM_CLASSES:
             raise ValueError(
                 f"`num_train` and `num_test` must be positive with a sum that is a multiple of {NUM_CLASSES}, "
@@ -251,7 +267,6 @@ class MNIST1DDataModule(_ArrayDataModule):
             raise ValueError(f"`vocab_size` must be at least 2, got {vocab_size}")
         self.num_train = num_train
         self.num_test = num_test
-        self.seed = seed
         self.as_sequence = as_sequence
         self.vocab_size = vocab_size
         self.cache_dir = cache_dir
@@ -305,13 +320,14 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> tuple[np.nda
 class DigitsDataModule(_ArrayDataModule):
     """scikit-learn's 8x8 handwritten digits (1797 samples, 64 inputs, 10 classes), standardized.
 
-    The split is stratified and fixed by ``seed``; the held-out part serves as validation and test set.
+    The split is stratified and fixed by ``seed``; the held-out part is split into validation and test.
 
     Args:
         batch_size: samples per batch.
         test_fraction: share of samples held out.
-        seed: seed of the split.
+        seed: seed of the splits.
         num_workers: DataLoader workers.
+        val_fraction: share of the held-out samples that validate; the rest is the test split.
 
     Example:
         >>> dm = DigitsDataModule(batch_size=32)
@@ -324,12 +340,11 @@ class DigitsDataModule(_ArrayDataModule):
     num_features = 64
 
     def __init__(self, batch_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
-                 num_workers: int = 0) -> None:
-        super().__init__(batch_size, num_workers)
+                 num_workers: int = 0, val_fraction: float = 0.5) -> None:
+        super().__init__(batch_size, num_workers, val_fraction, seed)
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}")
         self.test_fraction = test_fraction
-        self.seed = seed
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return load_digits_split(self.test_fraction, self.seed)

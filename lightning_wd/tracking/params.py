@@ -19,6 +19,9 @@ __all__ = [
     "audit_csv",
     "audit_rows",
     "decay_tags",
+    "format_strength",
+    "mlflow_hparams",
+    "setting_label",
     "flatten_params",
     "optimizer_params",
     "plain_values",
@@ -26,6 +29,10 @@ __all__ = [
 
 TAG_PREFIX = "lightning_wd."
 PARAM_VALUE_LIMIT = 500
+#: hparams of the model/datamodule that describe no setting (LightningCLI's ``_instantiator``) and are not logged
+_PRIVATE_HPARAMS = ("_instantiator", "_class_path")
+#: hparams of the model that a weight-decay callback supersedes (its ``wd.*`` params say what decays)
+_SUPERSEDED_HPARAMS = ("weight_decay",)
 AUDIT_COLUMNS = ("name", "shape", "numel", "group", "strength", "reason")
 
 
@@ -65,8 +72,58 @@ def flatten_params(params: Mapping, prefix: str) -> dict[str, str]:
     return flat
 
 
-def optimizer_params(optimizers: Sequence) -> dict[str, str]:
+def format_strength(value: Any) -> str:
+    """A decay strength as people write it: ``1e-2``, ``3e-4``, ``0.25``, ``0``; anything else as text.
+
+    Example:
+        >>> [format_strength(v) for v in (0.01, 0.00025, 0.25, 0, 1.0, None)]
+        ['1e-2', '2.5e-4', '0.25', '0', '1', 'native']
+    """
+    if value is None:
+        return "native"
+    if not _is_number(value):
+        return str(value)
+    value = float(value)
+    if value == 0 or 0.1 <= abs(value) < 1000:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def setting_label(scheme: Any, strength: Any, seed: Any = None) -> str:
+    """The name of a run from what it is: ``l1 λ=1e-2 seed 0`` (scheme, strength, seed when known).
+
+    Example:
+        >>> setting_label("l1", 0.01, 0)
+        'l1 λ=1e-2 seed 0'
+        >>> setting_label("decoupled", 0.25)
+        'decoupled λ=0.25'
+    """
+    label = f"{scheme or 'none'} λ={format_strength(strength)}"
+    return label if seed is None or seed == "" else f"{label} seed {seed}"
+
+
+def mlflow_hparams(hparams: Mapping[str, Any], decay_managed: bool) -> dict[str, Any]:
+    """The model's and datamodule's hparams as MLflow params: LightningCLI's private keys (``_instantiator``)
+    left out, and, when a weight-decay callback manages the decay (``decay_managed``), the model's own
+    ``weight_decay`` argument too: the callback's ``wd.*`` params are then the one account of the decay.
+
+    Example:
+        >>> mlflow_hparams({"lr": 0.1, "weight_decay": 0.0, "_instantiator": "x"}, decay_managed=True)
+        {'lr': 0.1}
+        >>> mlflow_hparams({"lr": 0.1, "weight_decay": 0.0}, decay_managed=False)
+        {'lr': 0.1, 'weight_decay': 0.0}
+    """
+    dropped = _PRIVATE_HPARAMS + (_SUPERSEDED_HPARAMS if decay_managed else ())
+    return {k: v for k, v in hparams.items() if str(k) not in dropped}
+
+
+def optimizer_params(optimizers: Sequence, decay_managed: bool = False) -> dict[str, str]:
     """Params describing the optimizers: class, and per group its name, lr, decay, betas/momentum, sizes.
+
+    With ``decay_managed`` (a weight-decay callback applies the decay, whose ``wd.*`` params describe it),
+    a group's own ``weight_decay`` is logged as ``native_weight_decay``: the part the optimizer applies
+    itself (0 when the callback does all of it), so it cannot be read as the decay of the run.
 
     Example:
         >>> import torch
@@ -88,7 +145,8 @@ def optimizer_params(optimizers: Sequence) -> dict[str, str]:
                 if option in group:
                     value = group[option]
                     value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
-                    params[key + option] = str(plain_values(value))
+                    name = "native_weight_decay" if option == "weight_decay" and decay_managed else option
+                    params[key + name] = str(plain_values(value))
             params[key + "tensors"] = str(len(group["params"]))
             params[key + "numel"] = str(sum(p.numel() for p in group["params"]))
     return params
@@ -103,12 +161,13 @@ def decay_tags(hparams: Mapping[str, Any], optimizers: Sequence, version: str) -
 
     The strength is the decay callback's (``weight_decay`` or ``strength``), else the largest
     ``weight_decay`` of the optimizers' groups; the scheme is the callback's, else ``native`` (some
-    group decays) or ``none``. A schedule is tagged only when the callback has one.
+    group decays) or ``none``. A schedule is tagged only when the callback has one. ``lightning_wd.setting``
+    (``l1 λ=1e-3``) groups the runs of one setting (over seeds) in the MLflow UI.
 
     Example:
         >>> decay_tags({"scheme": "l1", "strength": 0.001, "schedule": "cosine"}, [], "1.0")
         {'lightning_wd.scheme': 'l1', 'lightning_wd.strength': '0.001', 'lightning_wd.optimizer': '-', \
-'lightning_wd.version': '1.0', 'lightning_wd.schedule': 'cosine'}
+'lightning_wd.version': '1.0', 'lightning_wd.schedule': 'cosine', 'lightning_wd.setting': 'l1 λ=1e-3'}
         >>> decay_tags({}, [], "1.0")["lightning_wd.scheme"]
         'none'
     """
@@ -120,6 +179,7 @@ def decay_tags(hparams: Mapping[str, Any], optimizers: Sequence, version: str) -
             "optimizer": ",".join(type(o).__name__ for o in optimizers) or "-", "version": version}
     if hparams.get("schedule") is not None:
         tags["schedule"] = hparams["schedule"]
+    tags["setting"] = setting_label(scheme, strength)
     return {TAG_PREFIX + k: str(plain_values(v))[:PARAM_VALUE_LIMIT] for k, v in tags.items()}
 
 

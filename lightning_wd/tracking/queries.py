@@ -17,7 +17,6 @@ from typing import Any
 
 from lightning_wd.tracking.params import TAG_PREFIX
 from lightning_wd.tracking.uris import (
-    DEFAULT_EXPERIMENT,
     TrackingUnavailable,
     absolute_sqlite_uri,
     check_tracking_uri,
@@ -101,7 +100,9 @@ def run_row(run) -> dict:
                                    params.get("wd.strength"))),
         "schedule": _first(tags.get(TAG_PREFIX + "schedule"), params.get("wd.schedule")),
         "duration_s": duration,
-        "status": info.status,
+        # a pruned trial's run ends FINISHED (stopping early was asked for): the table says PRUNED
+        "status": "PRUNED" if tags.get("optuna.state") == "PRUNED" else info.status,
+        "experiment_id": info.experiment_id,
     }
     row.update({key: metrics.get(name) for key, name in METRICS.items()})
     return row
@@ -130,17 +131,20 @@ def _resolve_experiment(client, experiment: str):
     return found
 
 
-def compare_runs(experiment: str | None = None, tracking_uri: str | None = None) -> list[dict]:
-    """One row per run of ``experiment``, sorted by final validation accuracy (best first).
+def compare_runs(experiment: str | None = None, tracking_uri: str | None = None, *, parent: str | None = None,
+                 study: str | None = None) -> list[dict]:
+    """One row per run of ``experiment`` (default: every experiment), sorted by final validation accuracy.
 
     Args:
-        experiment: experiment name (or id); default :data:`~lightning_wd.tracking.uris.DEFAULT_EXPERIMENT`.
+        experiment: experiment name (or id); default: every experiment of the store.
         tracking_uri: default ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``.
+        parent: only the child runs of this run id (a study's trials, a fit's test runs).
+        study: only the trials of this Optuna study (tag ``optuna.study_name``).
 
     Returns:
         Dicts with keys ``run, run_id, scheme, strength, schedule, train_acc, val_acc, train_loss,
-        val_loss, nonzero_fraction, duration_s, status``; ``None`` where a run lacks the value.
-        Runs without ``val/acc`` come last.
+        val_loss, nonzero_fraction, duration_s, status, experiment_id``; ``None`` where a run lacks the
+        value; ``status`` is ``PRUNED`` for a pruned trial. Runs without ``val/acc`` come last.
 
     Raises:
         TrackingUnavailable: the server cannot be reached, or there is no store at a SQLite path.
@@ -149,7 +153,7 @@ def compare_runs(experiment: str | None = None, tracking_uri: str | None = None)
     Example:
         .. code-block:: python
 
-            print(format_table(compare_runs("mnist1d"), "markdown"))
+            print(format_table(compare_runs("mnist1d", study="tune_mnist1d_mlp"), "markdown"))
     """
     uri = absolute_sqlite_uri(resolve_tracking_uri(tracking_uri))
     check_tracking_uri(uri)
@@ -159,12 +163,24 @@ def compare_runs(experiment: str | None = None, tracking_uri: str | None = None)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    found = _resolve_experiment(client, experiment or DEFAULT_EXPERIMENT)
+    if experiment:
+        ids = [_resolve_experiment(client, experiment).experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    filters = []
+    if parent:
+        filters.append(f"tags.`mlflow.parentRunId` = '{_quoted(parent)}'")
+    if study:
+        filters.append(f"tags.`optuna.study_name` = '{_quoted(study)}' and tags.`lightning_wd.kind` = 'trial'")
     runs, token = [], None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+    while ids:
+        page = client.search_runs(ids, " and ".join(filters), max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
             break
     return sorted((run_row(run) for run in runs), key=_sort_key)
+
+
+def _quoted(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")

@@ -10,6 +10,7 @@ inside the hooks.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -23,7 +24,15 @@ from typing_extensions import override
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.checkpoints import STATE_RUN_ID
 from lightning_wd.tracking.logger import mlflow_logger_of
-from lightning_wd.tracking.params import TAG_PREFIX, audit_csv, audit_rows, decay_tags, flatten_params, optimizer_params
+from lightning_wd.tracking.params import (
+    TAG_PREFIX,
+    audit_csv,
+    audit_rows,
+    decay_tags,
+    flatten_params,
+    mlflow_hparams,
+    optimizer_params,
+)
 from lightning_wd.tracking.queries import history_from_mlflow, merge_histories
 from lightning_wd.tracking.uris import redact
 
@@ -42,9 +51,13 @@ class MLflowRecord(Callback):
     """Record the decay in the trainer's MLflow run: parameters, tags, audit, plots, honest status.
 
     When training starts: params ``wd.*`` (the ``hparams`` of the weight-decay callback, found by its
-    ``plan``/``history``/``hparams`` attributes) and ``optimizer.*`` (class; per group name, lr,
-    weight_decay, betas/momentum, tensors, numel); tags ``lightning_wd.scheme``/``schedule``/
-    ``strength``/``optimizer``/``version``; artifacts ``audit/grouping.txt`` and ``audit/grouping.csv``.
+    ``plan``/``history``/``hparams`` attributes), ``seed`` (``seed_everything``'s) and ``optimizer.*``
+    (class; per group name, lr, weight_decay, betas/momentum, tensors, numel); tags
+    ``lightning_wd.scheme``/``schedule``/``strength``/``setting``/``optimizer``/``version``; artifacts
+    ``audit/grouping.txt`` and ``audit/grouping.csv``. One account of the decay: with a weight-decay
+    callback the model's own ``weight_decay`` argument is not logged and each group's optimizer
+    ``weight_decay`` is logged as ``native_weight_decay`` (the part the optimizer applies itself); the
+    LightningCLI's ``_instantiator`` hparam is never logged.
     When fit ends: PNG plots under ``plots/`` (non-zero fraction, per-layer norms and non-zero fractions,
     histogram of decayed vs excluded weights) from the callback's ``history`` (or the run's ``wd/``
     metrics when it has none, or when the fit was resumed).
@@ -119,6 +132,7 @@ class MLflowRecord(Callback):
             client.set_tag(self._run_id, TAG_PREFIX + "resumed_from", previous)
         if run.info.status != "RUNNING":
             client.update_run(self._run_id, status="RUNNING")
+        _filter_hyperparams(self._logger, decay_managed=find_decay_callback(trainer) is not None)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -134,7 +148,10 @@ class MLflowRecord(Callback):
         hparams = getattr(decay, "hparams", None) if decay is not None else None
         hparams = dict((hparams() if callable(hparams) else hparams) or {})
         optimizers = list(trainer.optimizers)
-        params = {**flatten_params(hparams, "wd."), **optimizer_params(optimizers)}
+        params = {**flatten_params(hparams, "wd."), **optimizer_params(optimizers, decay_managed=decay is not None)}
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            params["seed"] = seed
 
         existing = client.get_run(run_id).data.params
         changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
@@ -217,11 +234,6 @@ def _is_tracking_error(exception: BaseException) -> bool:
     return module.split(".")[0] in ("mlflow", "requests", "urllib3") or isinstance(exception, OSError)
 
 
-def _warn_artifacts(what: str, run_id: str | None, error: BaseException) -> None:
-    warnings.warn(f"lightning_wd: could not log {what} to MLflow run {run_id}: {one_line(error, 300)}; "
-                  "training goes on without them", UserWarning, stacklevel=3)
-
-
 def _end_as(logger, status: str) -> None:
     """Make the logger's next ``finalize("failed")`` end the run with ``status`` instead (once)."""
     original = logger.finalize
@@ -231,6 +243,27 @@ def _end_as(logger, status: str) -> None:
         original(status if outcome == "failed" else outcome)
 
     logger.finalize = finalize
+
+
+def _warn_artifacts(what: str, run_id: str | None, error: BaseException) -> None:
+    warnings.warn(f"lightning_wd: could not log {what} to MLflow run {run_id}: {one_line(error, 300)}; "
+                  "training goes on without them", UserWarning, stacklevel=3)
+
+
+def _filter_hyperparams(logger, decay_managed: bool) -> None:
+    """Make the logger's ``log_hyperparams`` (Lightning calls it right after ``on_fit_start``) log the model's
+    and datamodule's hparams through :func:`~lightning_wd.tracking.params.mlflow_hparams`."""
+    original = getattr(logger.log_hyperparams, "_lightning_wd_original", logger.log_hyperparams)
+
+    def log_hyperparams(params: Any, *args: Any, **kwargs: Any) -> None:
+        if hasattr(params, "items"):
+            params = mlflow_hparams(params, decay_managed)
+        elif params is not None and hasattr(params, "__dict__"):  # an argparse.Namespace
+            params = mlflow_hparams(vars(params), decay_managed)
+        original(params, *args, **kwargs)
+
+    log_hyperparams._lightning_wd_original = original
+    logger.log_hyperparams = log_hyperparams
 
 
 def _sample(tensors: list, limit: int) -> Any:

@@ -8,6 +8,7 @@ measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -91,8 +92,12 @@ def where_it_acts() -> list[list[str]]:
 
 
 def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, epochs: int | None = None,
-                 tracking_uri: str | None = None, experiment: str = EXPERIMENT, log=print) -> Path:
-    """Run every setting for every seed, then write ``out/report.md`` and its figures; return its path."""
+                 tracking_uri: str | None = None, experiment: str = EXPERIMENT, log=print,
+                 progress: bool = True) -> Path:
+    """Run every setting for every seed, then write ``out/report.md`` and its figures; return its path.
+
+    ``progress``: a progress bar on stderr (fits done of all, elapsed, time left) under the one line per fit.
+    """
     from lightning_wd.apps.report import figures
     from lightning_wd.apps.report import tables as t
     from lightning_wd.apps.report.runs import run_setting
@@ -104,12 +109,21 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
     settings = _settings()
     runs: dict[str, list] = {s.key: [] for s in settings}
     started = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    # done/total, elapsed and time left on stderr; one line per fit above it
+    bar = tqdm(total=seeds * len(settings), desc="report", unit="fit", file=sys.stderr, dynamic_ncols=True,
+               disable=not progress)
     for seed in range(seeds):
         for setting in settings:
+            bar.set_postfix_str(f"{setting.label} seed {seed}")
             run = run_setting(setting, seed, epochs, experiment=experiment, tracking_uri=tracking_uri)
             runs[setting.key].append(run)
-            log(f"report: {setting.label:<22} seed {seed}: val acc {100 * run.final('val/acc'):.1f} %, "
-                f"train acc {100 * run.final('train/acc'):.1f} %, {run.fit_seconds:.1f} s")
+            line = (f"report: {setting.label:<22} seed {seed}: val acc {100 * run.final('val/acc'):.1f} %, "
+                    f"train acc {100 * run.final('train/acc'):.1f} %, {run.fit_seconds:.1f} s")
+            bar.write(line, file=sys.stdout) if log is print else log(line)
+            bar.update()
+    bar.close()
     geo = geometric_sequence()
     n = seeds
     sweep = _sweep(settings)
@@ -121,6 +135,10 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
         t.table9(runs, {"L2": "l2", "L1": "l1", "batch normalisation": "batchnorm"}, n),
         t.table10(runs, "decoupled", n),
     ]
+    from lightning_wd.apps.report.literature import adamc_section, low_rank_section
+
+    sections += [adamc_section(out, seeds=seeds, steps=300 if quick else 500),
+                 low_rank_section(out, seeds=seeds, steps=600 if quick else 1500)]
     by = {s.key: s for s in settings}
     figures.curves(out / "curves.png", {"no decay": runs["none"], "decoupled": runs["decoupled"]},
                    [("train/acc", "train accuracy"), ("val/acc", "validation accuracy")], "With and without decay")
@@ -196,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 3; quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 60; quick 20)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the libraries' banners (quiet by default)")
     try:
         args = parser.parse_args(argv)
         if args.seeds is not None and args.seeds < 1:
@@ -211,17 +231,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(str(exc)) from exc
     except UsageError as exc:
         return report_error(PROG, exc)
-    import logging
     import warnings
 
     import torch
 
+    from lightning_wd.apps import quiet
+
     torch.set_num_threads(1)  # tiny models: one thread per process is fastest and keeps timings honest
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet.install(args.verbose, once=("WeightDecay (",))
     store = _store(args.tracking_uri)  # before the runs: MLflow's logger sets MLFLOW_TRACKING_URI
     path = build_report(Path(args.out), quick=args.quick, seeds=args.seeds, epochs=args.epochs,
-                        tracking_uri=args.tracking_uri, experiment=args.experiment)
+                        tracking_uri=args.tracking_uri, experiment=args.experiment, progress=not args.no_progress)
     print(f"\nReport written to {path.resolve()} (figures beside it).")
-    print(f"Open the runs in the MLflow UI:  mlflow ui --backend-store-uri {store}   (experiment '{args.experiment}')")
+    print(f"Open the runs in the MLflow UI:  {sys.executable} -m mlflow ui --backend-store-uri {store}   "
+          f"(experiment '{args.experiment}')")
     return 0

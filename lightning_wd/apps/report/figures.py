@@ -1,7 +1,12 @@
-"""The report's PNG figures (matplotlib, Agg backend)."""
+"""The report's PNG figures (matplotlib, Agg backend).
+
+One colour per setting in every figure (:func:`setting_colour`: "no decay" and "none" are one setting, as
+are "L1" and "L1 (proximal)"), bars from zero, whole-number epoch ticks.
+"""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from lightning_wd.apps.report.runs import Run, mean_sd
@@ -16,6 +21,33 @@ def _pyplot():
     return plt
 
 
+#: the settings of the report, each with its colour (matplotlib's tab10)
+_COLOURS = {"none": "tab:gray", "decoupled": "tab:blue", "l1": "tab:orange", "l2": "tab:green",
+            "batchnorm": "tab:purple"}
+_OTHERS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def setting_key(label: str) -> str:
+    """The setting a figure label names: ``"no decay"``/``"none"`` -> ``none``, ``"L1 (proximal)"`` -> ``l1``.
+
+    Example:
+        >>> [setting_key(x) for x in ("no decay", "none", "L1 (proximal)", "L1", "decoupled decay", "BatchNorm")]
+        ['none', 'none', 'l1', 'l1', 'decoupled', 'batchnorm']
+    """
+    text = label.lower()
+    for key, words in (("none", ("no decay", "none")), ("l1", ("l1",)), ("l2", ("l2",)),
+                       ("batchnorm", ("batch",)), ("decoupled", ("decoupled",))):
+        if any(text == w or text.startswith(w) for w in words):
+            return key
+    return text
+
+
+def setting_colour(label: str) -> str:
+    """The colour of a setting, the same in every figure (a stable pick for settings not listed)."""
+    key = setting_key(label)
+    return _COLOURS.get(key) or _OTHERS[zlib.crc32(key.encode()) % len(_OTHERS)]
+
+
 def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -28,9 +60,9 @@ def _band(ax, runs: list[Run], metric: str, label: str) -> None:
     stats = [mean_sd([r.series(metric)[e] for r in runs]) for e in range(length)]
     epochs = list(range(1, length + 1))
     mean = [m for m, _ in stats]
-    line = ax.plot(epochs, mean, label=label)[0]
-    ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2,
-                    color=line.get_color())
+    colour = setting_colour(label)
+    ax.plot(epochs, mean, label=label, color=colour)
+    ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2, color=colour)
 
 
 def curves(path: Path, groups: dict[str, list[Run]], metrics: list[tuple[str, str]], title: str) -> Path:
@@ -40,6 +72,9 @@ def curves(path: Path, groups: dict[str, list[Run]], metrics: list[tuple[str, st
     for ax, (metric, ylabel) in zip(axes[0], metrics):
         for label, runs in groups.items():
             _band(ax, runs, metric, label)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -69,9 +104,10 @@ def bars(path: Path, values: dict[str, list[Run]], metric: str, ylabel: str) -> 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     stats = [mean_sd([r.final(metric) for r in runs]) for runs in values.values()]
-    ax.bar(list(values), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4)
-    low = min(m - s for m, s in stats)
-    ax.set_ylim(max(0.0, low - 0.05), None)
+    bars_ = ax.bar(list(values), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4,
+                   color=[setting_colour(label) for label in values])
+    ax.bar_label(bars_, labels=[f"{m:.3f}" for m, _ in stats], label_type="center", color="white", fontsize=8)
+    ax.set_ylim(0.0, max(1.0, max(m + s for m, s in stats)))  # from zero: bar heights compare honestly
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, path)

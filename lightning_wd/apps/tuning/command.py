@@ -18,7 +18,8 @@ EPILOG = """Any other --key value (e.g. --trainer.max_epochs 3, --model.init_arg
 LightningCLI after the recipe. n_trials is the study's target of finished trials: re-running the same command
 resumes the study and runs only the missing ones. Exit codes: 0 done, 1 failed, 2 bad arguments, 130 interrupted."""
 # LightningCLI top-level keys without a dot that a trial may override
-_TOP_LEVEL = ("seed_everything", "optimizer", "lr_scheduler", "experiment", "tracking_uri", "run_name")
+# (experiment and tracking_uri are options of tune itself; a trial's run name is the study's to give)
+_TOP_LEVEL = ("seed_everything", "optimizer", "lr_scheduler")
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=_positive_int, metavar="S",
                    help="seconds without heartbeat before a trial is failed and retried once (default 180)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="the libraries' banners and every trial's grouping table (quiet by default)")
     return p
 
 
@@ -139,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = vars(args)
         config = options.pop("config")
         options["progress"] = not options.pop("no_progress")
+        from lightning_wd.apps import quiet
+
+        quiet.install(options.pop("verbose"), once=("WeightDecay (",))
         options["overrides"] = split_overrides(extra)
         from lightning_wd.apps.tuning.settings import Settings
         from lightning_wd.apps.tuning.study import tune

@@ -41,6 +41,9 @@ from lightning_wd.apps.tuning.space import SPARSITY_KEY
 __all__ = ["SPARSITY_KEY", "NonFiniteTrial", "Objective", "TrialMonitor", "build_trial"]
 
 ATTR_LAST = "last_value"
+#: a trial prints one summary line under the study's progress bar: no per-trial bar or model summary
+#: (a recipe that sets them keeps them)
+TRIAL_TRAINER_DEFAULTS = {"enable_progress_bar": False, "enable_model_summary": False}
 ATTR_PRUNED = "pruned_at_round"
 ATTR_REASON = "fail_reason"
 
@@ -165,6 +168,12 @@ class TrialMonitor(Callback):
         self.wd_stats = {k: float(v) for k, v in stats.items() if k.count("/") == 1 and _finite(v) is not None}
         for key, value in self.wd_stats.items():
             self.trial.set_user_attr(key, value)
+        if wd.timescale_epochs and trainer.optimizers:  # what best.yaml's transfer rule quotes
+            from lightning_wd.core.planning import steps_per_epoch
+
+            group = trainer.optimizers[0].param_groups[0]
+            self.trial.set_user_attr("timescale/lr", float(group.get("initial_lr", group["lr"])))
+            self.trial.set_user_attr("timescale/steps_per_epoch", steps_per_epoch(trainer))
 
 
 class Objective:
@@ -270,7 +279,8 @@ class Objective:
 
         monitor = TrialMonitor(trial, self.settings.metric, report=len(self.settings.objectives) == 1)
         cli = build_trial(self.config_for(params), self.settings.overrides,
-                          logger=self.record.trial_logger(run_id), callbacks=[monitor, MLflowRecord(plots=False)])
+                          logger=self.record.trial_logger(run_id), callbacks=[monitor, MLflowRecord(plots=False)],
+                          trainer_defaults=TRIAL_TRAINER_DEFAULTS)
         trainer = cli.trainer
         self._check_strategy(trainer)
         handler = signal.getsignal(signal.SIGINT)

@@ -99,13 +99,15 @@ class StudyRecord:
         experiment: MLflow experiment name (created if missing).
         study_name: the Optuna study.
         parent_run_id: an existing parent run (workers spawned by ``--workers``): not created, not ended here.
+        scheme: the recipe's scheme, in the trial run names when the space does not sample one.
+        seed: the trials' ``seed_everything``, in the trial run names.
 
     Raises:
         TuneError: the tracking store cannot be used.
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str, study_name: str,
-                 parent_run_id: str | None = None) -> None:
+                 parent_run_id: str | None = None, scheme: str | None = None, seed: Any = None) -> None:
         from mlflow import MlflowClient
 
         from lightning_wd.apps.errors import TuneError
@@ -130,6 +132,13 @@ class StudyRecord:
         self.experiment_id = self._experiment_id(experiment)
         self.parent_run_id = parent_run_id
         self.owns_parent = parent_run_id is None
+        self.scheme, self.seed = scheme, seed
+
+    def trial_run_name(self, number: int, params: Mapping[str, Any]) -> str:
+        """``trial 3 · l1 λ=1e-2 seed 0``: what the trial is, not a name MLflow draws."""
+        from lightning_wd.tracking.params import setting_label
+
+        return f"trial {number} · {setting_label(params.get('scheme', self.scheme), params.get('strength'), self.seed)}"
 
     def _experiment_id(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -147,12 +156,16 @@ class StudyRecord:
             return found.experiment_id
 
     # -- parent ----------------------------------------------------------------------------------------------
-    def start(self, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
-        """Create the parent run (if this invocation owns it) and log ``params``; returns its id."""
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, done: int = 0) -> str:
+        """Create the parent run (if this invocation owns it) and log ``params``; returns its id.
+
+        Its name is ``study NAME``, or ``study NAME (resumed at trial k)`` when ``done`` trials were finished.
+        """
         if self.owns_parent:
             self.end_stale_parents()
+            name = f"study {self.study_name}" + (f" (resumed at trial {done})" if done else "")
             run = self.client.create_run(
-                self.experiment_id, run_name=f"tune-{self.study_name}",
+                self.experiment_id, run_name=name,
                 tags={KIND_TAG: "study", "optuna.study_name": self.study_name, HOST_TAG: socket.gethostname(),
                       PROCESS_TAG: process_tag(), **dict(tags or {})},
             )
@@ -215,7 +228,7 @@ class StudyRecord:
     def start_trial(self, number: int, params: Mapping[str, Any], worker: int = 0) -> str:
         """Create the child run of trial ``number``; returns its id."""
         run = self.client.create_run(
-            self.experiment_id, run_name=f"{self.study_name}-trial-{number}",
+            self.experiment_id, run_name=self.trial_run_name(number, params),
             tags={PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "optuna.study_name": self.study_name,
                   "optuna.trial_number": str(number), "optuna.state": "RUNNING", "optuna.worker": str(worker)},
         )

@@ -63,6 +63,28 @@ def write_best(path: Path, recipe: Mapping, header: Sequence[str]) -> Path:
     return path
 
 
+def transfer_rule(tau: float, lr: float | None = None, steps_per_epoch: int | None = None) -> list[str]:
+    """The comment lines of ``best.yaml`` that say how a tuned timescale transfers (Wang & Aitchison 2025).
+
+    The EMA timescale ``tau = 1 / (eta * lambda)`` in epochs, not ``lambda``, is what carries over to another
+    data set size or batch size: ``lambda = 1 / (eta * tau * S)`` with ``S`` the optimizer steps per epoch.
+
+    Example:
+        >>> lines = transfer_rule(20.0, lr=0.01, steps_per_epoch=50)
+        >>> lines[1].split(";")[0]
+        'in this study: eta = 0.01, S = 50 -> lambda = 0.1'
+    """
+    lines = [f"timescale transfer: tau = {tau:g} epochs is the setting that carries over; WeightDecay("
+             "timescale_epochs=tau) derives lambda = 1 / (eta * tau * S) at fit start (eta: initial lr, "
+             "S: optimizer steps per epoch)"]
+    if lr and steps_per_epoch:
+        lam = 1.0 / (lr * tau * steps_per_epoch)
+        lines.append(f"in this study: eta = {lr:g}, S = {steps_per_epoch} -> lambda = {lam:.6g}; with S' steps per "
+                     "epoch (another data set or batch size: S' = ceil(N' / (B' * accumulation))) keep tau, or set "
+                     f"strength = {lam:.6g} * {steps_per_epoch} / S'")
+    return lines
+
+
 def pareto_rows(study: Any, names: Sequence[str]) -> list[dict]:
     """The Pareto-optimal trials as rows (trial, params, objective values), best first objective first."""
     rows = []
@@ -125,11 +147,14 @@ def plot_study(study: Any, out: Path, names: Sequence[str], tuned: Sequence[str]
         return []
     multi = len(names) > 1
     target = {"target": (lambda t: t.values[0]), "target_name": names[0]} if multi else {"target_name": names[0]}
+    # Optuna's importance evaluator ranks low target values best: a maximised first objective is negated
+    sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+    importance = {"target": (lambda t: sign * t.values[0]), "target_name": names[0]} if multi else target
     main = "timescale_epochs" if "timescale_epochs" in tuned else ("strength" if "strength" in tuned else tuned[0])
     jobs = [("optimization_history.png", lambda: vis.plot_optimization_history(study, **target)),
             (f"slice_{main}.png", lambda: vis.plot_slice(study, params=[main], **target))]
     if len(tuned) >= 2 and len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
-        jobs.append(("param_importances.png", lambda: vis.plot_param_importances(study, **target)))
+        jobs.append(("param_importances.png", lambda: vis.plot_param_importances(study, **importance)))
     if multi:
         jobs.append(("pareto.png", lambda: vis.plot_pareto_front(study, target_names=list(names))))
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +163,7 @@ def plot_study(study: Any, out: Path, names: Sequence[str], tuned: Sequence[str]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # negated above
                 figure = _figure(make())
             figure.set_size_inches(8, 5)
             figure.tight_layout()

@@ -130,6 +130,39 @@ class Settings:
         if self.heartbeat_interval and self.grace_period and self.grace_period <= self.heartbeat_interval:
             raise TuneError(f"--grace-period ({self.grace_period}) must exceed --heartbeat-interval "
                             f"({self.heartbeat_interval})")
+        self._check_sparsity_can_vary()
+
+    def _check_sparsity_can_vary(self) -> None:
+        """Refuse a ``sparsity`` objective when no scheme of the trials ever sets a weight to exactly 0.
+
+        Its ``wd/nonzero_fraction`` would then be 1 in every trial: a one-point "front" and a flat plot.
+        """
+        if "sparsity" not in self.objectives:
+            return
+        from lightning_wd.apps.tuning.recipe import scheme_class
+
+        overridden = [v for k, v in _override_pairs(self.overrides) if k.endswith("init_args.scheme")]
+        schemes = overridden[-1:] or list(self.space.schemes)
+        if not any(getattr(scheme_class(s), "makes_exact_zeros", False) for s in schemes):
+            from lightning_wd.core.schemes import SCHEMES
+
+            sparse = ", ".join(n for n, c in SCHEMES.items() if getattr(c, "makes_exact_zeros", False))
+            raise TuneError(f"--objectives sparsity: scheme {' or '.join(map(str, schemes))} never sets weights "
+                            f"to exactly 0, so {SPARSITY_KEY} would be 1 in every trial; tune a scheme that "
+                            f"does ({sparse}), e.g. --trainer.callbacks.init_args.scheme l1")
+
+    def identity(self) -> dict[str, str]:
+        """What makes trials of one study comparable, flat: the trials' recipe (with the overrides applied
+        over it), the space, the metric and the objectives. A study remembers it and refuses to resume with
+        another (n_trials, timeout, sampler, workers, storage and where results go may change)."""
+        recipe = {k: v for k, v in self.recipe.items() if k not in _NOT_IDENTITY}
+        flat = {f"recipe.{k}": v for k, v in _flatten(recipe).items()}
+        for key, value in _override_pairs(self.overrides):
+            if key.split(".")[0] not in _NOT_IDENTITY:
+                flat[f"recipe.{key}"] = value
+        flat.update({f"space.{k}": str(v) for k, v in self.space.describe().items()})
+        flat.update(metric=self.metric, direction=self.direction, objectives=",".join(self.objectives))
+        return {k: str(v) for k, v in flat.items()}
 
     @classmethod
     def resolve(cls, config: str | os.PathLike | Mapping, **given: Any) -> Settings:
@@ -224,6 +257,58 @@ class Settings:
         }
         params.update({f"space.{k}": v for k, v in self.space.describe().items()})
         return params
+
+
+#: recipe keys that do not change what a trial measures
+_NOT_IDENTITY = ("tune", "experiment", "tracking_uri", "run_name", "num_threads")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"max_epochs": 2}}`` -> ``{"trainer.max_epochs": 2}`` (lists by index)."""
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list) and value:
+        items = enumerate(value)
+    else:
+        return {prefix.rstrip("."): _normal(value)} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out.update(_flatten(item, f"{prefix}{key}."))
+    return out
+
+
+def _normal(value: Any) -> str:
+    """A value as text that does not depend on how it was written (``2``, ``'2'`` and ``2`` in YAML)."""
+    import yaml
+
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _override_pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """``["--trainer.max_epochs", "3", "--x=1"]`` -> ``[("trainer.max_epochs", "3"), ("x", "1")]``.
+
+    LightningCLI's list spelling ``trainer.callbacks.init_args.x`` names the last callback: it is kept as
+    written. Flags without a value are left out.
+    """
+    pairs, items, i = [], list(overrides), 0
+    while i < len(items):
+        arg = items[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq and i + 1 < len(items) and not items[i + 1].startswith("--"):
+                value, i = items[i + 1], i + 1
+                eq = "="
+            if eq:
+                pairs.append((key, _normal(value)))
+        i += 1
+    return pairs
 
 
 def _default_out(url: Any, study_name: Any) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -220,18 +221,28 @@ def _finish(study: Any, settings: Settings, record: Any, progress: _Progress) ->
         summary = " ".join(f"{n}={v:.4g}" for n, v in zip(names, best.values))
     params.update({f"best.{k}": v for k, v in best.params.items()})
     params["best.trial"] = best.number
+    best_path = (out / "best.yaml").resolve()
+    command = " ".join(["lightning-wd fit --config", shlex.quote(str(best_path)),
+                        *map(shlex.quote, settings.overrides)])
     header = [f"best trial {best.number} of study {settings.study_name} ({summary}), "
               f"from {settings.recipe_path or 'a recipe dict'}",
-              "run it as is: lightning-wd fit --config best.yaml"]
-    if settings.overrides:
-        header.append(f"the study's trials also had: {' '.join(settings.overrides)}")
-    best_path = report.write_best(out / "best.yaml", best_recipe(settings.recipe, settings.space, best.params), header)
+              f"run it as is: cd {shlex.quote(os.getcwd())} && {command}",
+              "(the folder the study ran in, for the recipe's relative paths; the MLflow store below is absolute)"]
+    tau = best.params.get("timescale_epochs", settings.space.fixed.get("timescale_epochs"))
+    if tau:
+        header += report.transfer_rule(float(tau), best.user_attrs.get("timescale/lr"),
+                                       best.user_attrs.get("timescale/steps_per_epoch"))
+    recipe = best_recipe(settings.recipe, settings.space, best.params)
+    if redact(record.uri) == record.uri:  # the study's own store (absolute), wherever the fit is started
+        recipe["tracking_uri"] = record.uri
+    recipe.setdefault("experiment", settings.experiment)
+    report.write_best(best_path, recipe, header)
     artifacts.append(best_path)
     artifacts += report.plot_study(study, out, names, settings.space.names)
     with contextlib.suppress(Exception):
         study.trials_dataframe().to_csv(out / "trials.csv", index=False)
         artifacts.append(out / "trials.csv")
-    progress.message(f"best trial {best.number}: {report.format_params(best.params)} {summary} -> {best_path}")
+    progress.message(f"best trial {best.number}: {report.format_params(best.params)} {summary}; fit it: {command}")
     return metrics, params, artifacts
 
 
@@ -265,6 +276,29 @@ def tune(config: str | os.PathLike | Mapping | Settings, n_trials: int | None = 
     return _run(Settings.resolve(config, n_trials=n_trials, **options))
 
 
+IDENTITY_ATTR = "settings"
+
+
+def _check_identity(study: Any, settings: Settings) -> None:
+    """Remember the study's settings (:meth:`Settings.identity`); refuse to resume it with other ones.
+
+    Raises:
+        TuneError: one line naming the differences (``trainer.max_epochs: 2 -> 15``) and ``--study-name``.
+    """
+    identity = settings.identity()
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if stored is None:
+        study.set_user_attr(IDENTITY_ATTR, identity)
+        return
+    changed = [k for k in sorted(set(stored) | set(identity)) if stored.get(k) != identity.get(k)]
+    if not changed:
+        return
+    shown = "; ".join(f"{k.removeprefix('recipe.')}: {stored.get(k, '(unset)')} -> {identity.get(k, '(unset)')}"
+                      for k in changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    raise TuneError(f"study {settings.study_name!r} was run with other settings ({shown}); resume it with its "
+                    "own settings, or start another study with --study-name NAME")
+
+
 def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) -> Any:
     """The study of ``settings``, in the invoking process (``worker`` 0) or in worker process ``worker``."""
     import optuna
@@ -281,8 +315,9 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
         objective = Objective(settings, worker=worker)
         if worker == 0:
             objective.check()  # recipe and overrides: fail before any study or run is created
-        record = objective.record = StudyRecord(settings.tracking_uri, settings.experiment, settings.study_name,
-                                                parent_run_id)
+        record = objective.record = StudyRecord(
+            settings.tracking_uri, settings.experiment, settings.study_name, parent_run_id,
+            scheme=settings.space.schemes[0], seed=settings.recipe.get("seed_everything", settings.seed))
         the_storage = storage_mod.open_storage(settings.storage, settings.heartbeat_interval,
                                                settings.grace_period, record.uri)
         study = optuna.create_study(
@@ -295,6 +330,7 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
                             f"{[d.name.lower() for d in study.directions]}, not {settings.directions}: "
                             "choose another --study-name")
         if worker == 0:
+            _check_identity(study, settings)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(settings.names)
@@ -311,7 +347,7 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
             bar.message(f"study {settings.study_name}: {done} of {target} trials finished{note}"
                         + (f", {counts.get('FAIL', 0)} failed" if counts.get("FAIL") else "")
                         + f"; storage {redact(settings.storage)}")
-        record.start(settings.describe())
+        record.start(settings.describe(), done=done)
         processes: list = []
         try:
             if settings.workers > 1 and worker == 0:  # this process supervises, the workers run trials

@@ -13,13 +13,16 @@ from lightning_wd.core.schemes.group_lasso import GroupLasso
 from lightning_wd.core.schemes.l1 import L1
 from lightning_wd.core.schemes.l2 import L2
 from lightning_wd.core.schemes.l2_sp import L2SP
+from lightning_wd.core.schemes.selective_projection import SelectiveProjection
+from lightning_wd.core.schemes.target_norm import TargetNorm
 
 SCHEMES: dict[str, type[Scheme]] = {
-    cls.name: cls for cls in (Decoupled, L2, L1, ElasticNet, GroupLasso, L2SP, Cautious)
+    cls.name: cls for cls in (Decoupled, L2, L1, ElasticNet, GroupLasso, L2SP, Cautious, TargetNorm,
+                              SelectiveProjection)
 }
 
 __all__ = ["SCHEMES", "Cautious", "Decoupled", "ElasticNet", "GroupLasso", "L1", "L2", "L2SP", "Scheme",
-           "get_scheme", "scheme_class", "scheme_for_native"]
+           "SelectiveProjection", "TargetNorm", "get_scheme", "scheme_class", "scheme_for_native"]
 
 
 def scheme_class(spec: str | Scheme | type[Scheme] | Mapping) -> type[Scheme]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from lightning_wd.core.distributed import local
 from lightning_wd.core.schemes.base import Scheme, shape_groups
 

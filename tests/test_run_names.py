@@ -1,0 +1,137 @@
+"""What a user sees of a run in MLflow: a name from what it is, the seed, one account of the decay."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_wd.apps.cli import main
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+from tuning_toy import write_recipe  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _runs(uri: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, order_by=["attributes.start_time ASC"])
+
+
+def test_fits_are_named_from_their_setting_and_seed(tmp_path, monkeypatch, mlflow_sqlite):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, max_epochs=1)
+    base = ["fit", "--config", str(recipe), "--tracking_uri", mlflow_sqlite,
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    wd = "--trainer.callbacks.init_args."
+    assert main([*base, wd + "scheme", "l1", wd + "strength", "0.01"]) == 0
+    assert main([*base, wd + "scheme", "decoupled", wd + "strength", "0.25", "--seed_everything", "3"]) == 0
+    first, second = _runs(mlflow_sqlite)
+    assert first.info.run_name == "l1 λ=1e-2 seed 0"
+    assert second.info.run_name == "decoupled λ=0.25 seed 3"
+    assert first.data.params["seed"] == "0" and second.data.params["seed"] == "3"
+    assert second.data.tags["lightning_wd.setting"] == "decoupled λ=0.25"
+
+
+def test_one_account_of_the_decay_in_the_params(tmp_path, monkeypatch, mlflow_sqlite):
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
+    recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
+                       "init_args": {"in_features": 8, "hidden": [4], "num_classes": 3, "weight_decay": 0.0}}
+    recipe["trainer"]["callbacks"][0]["init_args"].update(scheme="decoupled", strength=0.25)
+    path = tmp_path / "mlp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite,
+                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]) == 0
+    (run,) = _runs(mlflow_sqlite)
+    params = run.data.params
+    assert params["wd.strength"] == "0.25" and params["wd.scheme"] == "decoupled"
+    assert "weight_decay" not in params  # the model's argument, superseded by the callback
+    assert not any(k.startswith("_instantiator") for k in params)
+    assert params["optimizer.group0.native_weight_decay"] == "0.0"  # what the optimizer applies itself
+    assert not any(k.endswith(".weight_decay") for k in params)
+    assert params["in_features"] == "8"  # the model's other arguments stay
+
+
+def test_without_a_decay_callback_the_models_weight_decay_is_the_account(tmp_path, monkeypatch, mlflow_sqlite):
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
+    recipe["trainer"]["callbacks"] = None
+    recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
+                       "init_args": {"in_features": 8, "hidden": [4], "num_classes": 3, "weight_decay": 0.1,
+                                     "optimizer": "adamw"}}
+    path = tmp_path / "native.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite,
+                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]) == 0
+    (run,) = _runs(mlflow_sqlite)
+    assert run.info.run_name == "native λ=0.1 seed 0"
+    assert run.data.params["weight_decay"] == "0.1"
+    assert any(k.endswith("group0.weight_decay") for k in run.data.params)
+    assert not any(k.startswith("_instantiator") for k in run.data.params)
+
+
+def test_test_and_validate_log_to_their_own_child_run(tmp_path, monkeypatch, mlflow_sqlite):
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
+    recipe["trainer"].update(enable_checkpointing=True, limit_train_batches=2, limit_val_batches=1)
+    recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
+                       "init_args": {"in_features": 40, "hidden": [8], "num_classes": 10}}
+    recipe["data"] = {"class_path": "lightning_wd.examples.MNIST1DDataModule",
+                      "init_args": {"batch_size": 20, "num_train": 60, "num_test": 40, "disk_cache": False}}
+    path = tmp_path / "mnist1d.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite]) == 0
+    (ckpt,) = (tmp_path / "checkpoints").rglob("*.ckpt")
+    for subcommand in ("test", "validate"):
+        assert main([subcommand, "--config", str(path), "--tracking_uri", mlflow_sqlite, "--ckpt_path", str(ckpt)]) == 0
+    training, test, validate = _runs(mlflow_sqlite)
+    assert "mlflow.parentRunId" not in training.data.tags
+    assert not any(k.startswith("test") for k in training.data.metrics)  # its duration is the fit's alone
+    assert test.info.run_name == "test · l2 λ=0 seed 0" and validate.info.run_name == "validate · l2 λ=0 seed 0"
+    for run, kind in ((test, "test"), (validate, "validate")):
+        assert run.data.tags["mlflow.parentRunId"] == training.info.run_id
+        assert run.data.tags["lightning_wd.kind"] == kind and run.info.status == "FINISHED"
+    assert "test/acc" in test.data.metrics
+
+
+def test_weightdecay_by_short_name_with_help_for_every_argument(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--trainer.callbacks.help", "WeightDecay"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for argument, words in (("exclude", "globs of parameter names"), ("include", "globs that decay even"),
+                            ("multipliers", "matching decayed tensors decay"), ("exclude_bias", "biases do not decay"),
+                            ("exclude_1d", "tensors with ``ndim <= 1`` do not decay")):
+        assert f"--trainer.callbacks.{argument}" in text and words in text, argument
+    recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
+    recipe["trainer"]["callbacks"][0]["class_path"] = "WeightDecay"
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["fit", "--config", str(path), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["callbacks"][0]["class_path"] == "lightning_wd.WeightDecay"
+
+
+def test_config_saved_in_the_log_dir_of_a_csv_logger(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, max_epochs=1, scheme="l1")
+    assert main(["fit", "--config", str(recipe), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                 "--trainer.logger.init_args.save_dir", "csv", "--trainer.limit_train_batches", "2",
+                 "--trainer.limit_val_batches", "1"]) == 0
+    (saved,) = (tmp_path / "csv").rglob("config.yaml")
+    config = yaml.safe_load(saved.read_text())
+    assert config["trainer"]["callbacks"][0]["init_args"]["scheme"] == "l1"
+    assert (saved.parent / "metrics.csv").exists()  # the logger's own folder
