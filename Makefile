@@ -25,6 +25,6 @@ test-fast: setup
 lint:
 	.venv/bin/ruff check .
 
-# All benchmark sections (about 21 minutes on 2 CPU cores; each prints [k/n] and its expected duration).
+# All benchmark sections (about 30 minutes on 2 CPU cores; each prints [k/n] and its expected duration).
 bench: setup
 	.venv/bin/python -m benchmarks.run

@@ -27,8 +27,8 @@ def test_resume_with_another_exclude_is_one_line_and_a_failed_run(tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = ["fit", "--config", str(ROOT / "recipes" / "mnist1d_mlp.yaml"), *QUICK, *PATHS[path],
-            "--experiment", "rules"]
+    recipe = str(ROOT / "recipes" / "mnist1d_mlp.yaml")
+    args = ["fit", "--config", recipe, *QUICK, *PATHS[path], "--experiment", "rules"]
     assert main(args) == 0
     checkpoint = sorted(tmp_path.glob("checkpoints/**/*.ckpt"))[0]
     capsys.readouterr()

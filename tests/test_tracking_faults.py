@@ -117,6 +117,7 @@ class Server:
                     return self
             except OSError:
                 time.sleep(0.25)
+        self.kill()  # not left running behind a failed test
         raise RuntimeError("mlflow server did not start")
 
     def kill(self) -> None:

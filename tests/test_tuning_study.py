@@ -176,9 +176,10 @@ def test_ctrl_c_keeps_finished_trials_and_ends_every_run_killed(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     path = write_recipe(tmp_path, max_epochs=1, tune={"space": SPACE})
     handler = signal.getsignal(signal.SIGINT)
-    assert main(["--config", str(path), "--n-trials", "1", "--no-progress"]) == 0
-    code = main(["--config", str(path), "--n-trials", "2", "--no-progress",
-                 "--trainer.callbacks+=tuning_toy.RaiseInterrupt"])
+    interrupt = "--trainer.callbacks+=tuning_toy.RaiseInterrupt"
+    assert main(["--config", str(path), "--n-trials", "1", "--no-progress", interrupt]) == 0
+    monkeypatch.setenv("TOY_INTERRUPT", "1")
+    code = main(["--config", str(path), "--n-trials", "2", "--no-progress", interrupt])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN undone
     import optuna
