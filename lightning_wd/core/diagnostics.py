@@ -237,7 +237,9 @@ class Diagnostics:
                 lr = float(decay.optimizer.param_groups[bucket.index]["lr"])
                 rate = decay.rate(bucket)
                 for name, p in zip(bucket.names, bucket.params):
-                    if p.grad is not None:
+                    # an FSDP1 piece with no elements on this rank has no gradient: it still takes part, so that
+                    # every rank packs the same tensors for the all-reduce
+                    if p.grad is not None or (p.numel() == 0 and flat_shard(p) is not None):
                         names.append(name)
                         params.append(p)
                         lrs.append(lr)
@@ -246,7 +248,7 @@ class Diagnostics:
         if not params:
             return
         pieces = [local(p.detach()) for p in params]
-        grads = [local(p.grad.detach()) for p in params]
+        grads = [local(p.grad.detach()) if p.grad is not None else local(p.detach()) for p in params]  # empty
         grad_sq = torch.stack(_norms(grads)).double().square()
         w_sq = torch.stack(_norms(pieces)).double().square()
         before = torch._foreach_mul(pieces, 1.0)  # the copies, in one foreach call
