@@ -49,9 +49,11 @@ def test_two_ranks_equal_one_process(strategy, single, tmp_path):
         for key, tensor in reference["weights"].items():
             assert weights[key].shape == tensor.shape
             assert relative(tensor, weights[key]) <= 1e-6, (name, key)
-        stats = got[name]["stats"]
-        assert stats.keys() == reference["stats"].keys(), name
-        for key, value in reference["stats"].items():
+        stats, expected = got[name]["stats"], reference["stats"]
+        if strategy in ("fsdp1", "fsdp1-SHARD_GRAD_OP"):  # flat pieces hold no whole rows: no stable rank
+            expected = {k: v for k, v in expected.items() if not k.startswith("wd/stable_rank")}
+        assert stats.keys() == expected.keys(), name
+        for key, value in expected.items():
             assert stats[key] == pytest.approx(value, rel=1e-6, abs=1e-12), (name, key)
         assert got[name]["logged_steps"] == reference["logged_steps"] == [5, 10, 15, 20]
     zeros = sum(int((v == 0).sum()) for v in single["l1"]["weights"].values())

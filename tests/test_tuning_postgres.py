@@ -83,7 +83,7 @@ def test_killed_worker_trial_fails_after_the_grace_period_and_is_retried_once(po
     assert killed.number == running[0].number and killed.state.name == "RUNNING" and killed.params
     time.sleep(3.5)  # the grace period passes
     study = tune(str(path), n_trials=1, storage=postgres_url, study_name="killed", heartbeat_interval=1,
-                 grace_period=3, overrides=["--model.init_args.step_sleep", "0"], progress=False)
+                 grace_period=3, progress=False)  # the same settings: a study refuses to resume with others
     first, retry = study.trials
     assert (first.number, first.state.name) == (killed.number, "FAIL")
     assert retry.state.name == "COMPLETE" and retry.params == killed.params
