@@ -190,7 +190,8 @@ def _cli_classes():
                 import torch
 
                 torch.set_num_threads(threads)
-            check_checkpoint(self._get(self.config, "ckpt_path"))
+            if not self.config.get("subcommand"):  # with a subcommand, _parse_ckpt_path checked it already
+                check_checkpoint(self._get(self.config, "ckpt_path"))
 
         def instantiate_classes(self) -> None:
             if debug_enabled():

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from lightning_wd.core.coupling import coefficient, decay_rate
 from lightning_wd.core.distributed import full, like
-from lightning_wd.core.flat_shards import flat_shard
+from lightning_wd.core.flat_shards import grad_of, stepped
 from lightning_wd.core.retrofit import decay_kind
 from lightning_wd.core.schedules import StrengthSchedule
 from lightning_wd.core.schemes import Scheme
@@ -67,12 +67,6 @@ class Bucket:
     state: dict = field(default_factory=dict)
     pending: tuple = ()  # (active params, rate, strength) between before and after the update
     coupling: str = "lr"  # how the lr enters these tensors' decay (:mod:`lightning_wd.core.coupling`)
-
-
-def _active(params: list[Tensor]) -> list[Tensor]:
-    """The tensors a step decays: those with a gradient, and FSDP1 pieces with no element on this rank (they have
-    none, but every rank must hand a scheme the same tensors: its collectives are matched by position)."""
-    return [p for p in params if p.grad is not None or (p.numel() == 0 and flat_shard(p) is not None)]
 
 
 class OptimizerDecay:
@@ -194,11 +188,10 @@ class OptimizerDecay:
                 group["weight_decay"] = self.scheme.native_strength(value)
                 if not self._has_after:
                     continue
-                active = _active(bucket.params)
+                active = stepped(bucket.params)
             else:
-                active = _active(bucket.params)
-                grads = [p.grad if p.grad is not None else p.new_zeros(0) for p in active]
-                self.scheme.before_update(active, grads, rate, strength, bucket.state)
+                active = stepped(bucket.params)
+                self.scheme.before_update(active, [grad_of(p) for p in active], rate, strength, bucket.state)
             bucket.pending = (active, rate, strength)
 
     @torch.no_grad()

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from lightning_wd.core.distributed import all_reduce_sum, contribution, flat_shard, local, needs_collective
+from lightning_wd.core.flat_shards import grad_of, stepped
 
 __all__ = ["DIAGNOSTICS", "Diagnostics", "angle_from_sides", "stable_ranks"]
 
@@ -236,19 +237,17 @@ class Diagnostics:
             for bucket in decay.buckets:
                 lr = float(decay.optimizer.param_groups[bucket.index]["lr"])
                 rate = decay.rate(bucket)
-                for name, p in zip(bucket.names, bucket.params):
-                    # an FSDP1 piece with no elements on this rank has no gradient: it still takes part, so that
-                    # every rank packs the same tensors for the all-reduce
-                    if p.grad is not None or (p.numel() == 0 and flat_shard(p) is not None):
-                        names.append(name)
-                        params.append(p)
-                        lrs.append(lr)
-                        rates.append(rate)
-                        decoupled.append(decay.scheme.native == "decoupled")
+                index = {id(p): n for n, p in zip(bucket.names, bucket.params)}
+                for p in stepped(bucket.params):  # every rank packs the same tensors for the all-reduce
+                    names.append(index[id(p)])
+                    params.append(p)
+                    lrs.append(lr)
+                    rates.append(rate)
+                    decoupled.append(decay.scheme.native == "decoupled")
         if not params:
             return
         pieces = [local(p.detach()) for p in params]
-        grads = [local(p.grad.detach()) if p.grad is not None else local(p.detach()) for p in params]  # empty
+        grads = [local(grad_of(p).detach()) for p in params]
         grad_sq = torch.stack(_norms(grads)).double().square()
         w_sq = torch.stack(_norms(pieces)).double().square()
         before = torch._foreach_mul(pieces, 1.0)  # the copies, in one foreach call

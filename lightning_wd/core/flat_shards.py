@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import weakref
 
 import torch
 from torch import Tensor
 
 __all__ = ["FlatShard", "clean_name", "flat_shard", "gather", "logical_numel", "logical_shape", "rows_of",
-           "slice_of", "track", "tracking"]
+           "slice_of", "stepped", "grad_of", "track", "tracking"]
 
 #: The name FSDP1 gives the module it wraps (it appears in ``named_parameters`` of the wrapped model).
 WRAPPED = "_fsdp_wrapped_module."
@@ -75,7 +76,7 @@ def track(model: torch.nn.Module | None) -> int:
     """
     _TRACKED.clear()
     _TOTAL_UNITS[0] = 0
-    if model is None or "torch.distributed.fsdp" not in __import__("sys").modules:
+    if model is None or "torch.distributed.fsdp" not in sys.modules:
         return 0
     from torch.distributed.fsdp import FullyShardedDataParallel
 
@@ -111,6 +112,26 @@ def flat_shard(tensor: Tensor) -> FlatShard | None:
         return None
     entry = _TRACKED.get(id(tensor))
     return entry[1] if entry is not None and entry[0]() is tensor else None
+
+
+def stepped(params: list[Tensor]) -> list[Tensor]:
+    """The tensors an optimizer step changes: those with a gradient, and FSDP1 pieces with no element on this
+    rank (they have no gradient there, but every rank must hand the decay's collectives the same tensors:
+    they are matched by position).
+
+    Example:
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> stepped([w]), (w.sum().backward(), len(stepped([w])))[1]
+        ([], 1)
+    """
+    if not _TRACKED:
+        return [p for p in params if p.grad is not None]
+    return [p for p in params if p.grad is not None or (p.numel() == 0 and flat_shard(p) is not None)]
+
+
+def grad_of(param: Tensor) -> Tensor:
+    """``param.grad``, or an empty tensor for a piece :func:`stepped` keeps without one."""
+    return param.grad if param.grad is not None else param.new_zeros(0)
 
 
 def logical_shape(tensor: Tensor) -> torch.Size:

@@ -36,7 +36,8 @@ from lightning_wd.tracking.params import (
 )
 from lightning_wd.tracking.queries import history_from_mlflow, merge_histories
 from lightning_wd.tracking.redaction import redact_text
-from lightning_wd.tracking.uris import redact
+from lightning_wd.tracking.uris import TrackingUnavailable, redact
+from lightning_wd.tracking.writer import TrackingWriteError
 
 __all__ = ["MLflowRecord", "find_decay_callback"]
 
@@ -233,7 +234,8 @@ class MLflowRecord(Callback):
 def _is_tracking_error(exception: BaseException) -> bool:
     """Whether talking to MLflow is what failed (then do not try again while handling it)."""
     module = type(exception).__module__ or ""
-    return module.split(".")[0] in ("mlflow", "requests", "urllib3") or isinstance(exception, OSError)
+    return (module.split(".")[0] in ("mlflow", "requests", "urllib3")
+            or isinstance(exception, OSError | TrackingUnavailable | TrackingWriteError))
 
 
 def _end_as(logger, status: str) -> None:

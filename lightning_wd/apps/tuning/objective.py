@@ -232,7 +232,8 @@ class Objective:
                      else getattr(self.space, name))
                 low[name] = r.low
         params = self.space.suggest(optuna.trial.FixedTrial(low), self.grid)
-        cli = build_trial(self.config_for(params), self.settings.overrides, logger=False, quiet=True)
+        config = self.config_for(params)
+        cli = build_trial(config, self.settings.overrides, logger=False, quiet=True)
         self._check_strategy(cli.trainer)
 
     @staticmethod
@@ -291,13 +292,14 @@ class Objective:
         from lightning_wd.tracking import MLflowRecord
 
         monitor = TrialMonitor(trial, self.settings.metric, report=len(self.settings.objectives) == 1)
-        cli = build_trial(self.config_for(params), self.settings.overrides,
+        config = self.config_for(params)
+        cli = build_trial(config, self.settings.overrides,
                           logger=self.record.trial_logger(run_id), callbacks=[monitor, MLflowRecord(plots=False)],
                           trainer_defaults=TRIAL_TRAINER_DEFAULTS)
         trainer = cli.trainer
         self._check_strategy(trainer)
         handler = signal.getsignal(signal.SIGINT)
-        spec = {"config": self.config_for(params), "overrides": list(self.settings.overrides),
+        spec = {"config": config, "overrides": list(self.settings.overrides),
                 "tracking_uri": self.record.uri, "experiment": self.record.experiment, "run_id": run_id,
                 "metric": self.settings.metric, "report": monitor.report, "trial": trial.number}
         try:
@@ -382,6 +384,6 @@ def follow_trial() -> bool:
     logger = tracking.mlflow_logger(experiment_name=spec["experiment"], tracking_uri=spec["tracking_uri"],
                                     run_id=spec["run_id"])
     cli = build_trial(spec["config"], tuple(spec["overrides"]), logger=logger,
-                      callbacks=[monitor, tracking.MLflowRecord(plots=False)])
+                      callbacks=[monitor, tracking.MLflowRecord(plots=False)], trainer_defaults=TRIAL_TRAINER_DEFAULTS)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return True
