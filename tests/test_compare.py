@@ -241,3 +241,56 @@ def test_closed_pipe_ends_cleanly(store, tmp_path):
     result = subprocess.run(["bash", "-c", "set -o pipefail; " + shell], capture_output=True, text=True, timeout=120)
     assert result.stdout.split()[:2] == ["run", "run_id"]
     assert result.stderr == "" and result.returncode == 0
+
+
+def test_duration_of_a_resumed_run_is_its_active_time(tmp_path, mlflow_sqlite):
+    """A fit resumed into the same run after a pause: compare's duration is the two fits, not the pause."""
+    from mlflow import MlflowClient
+
+    def fit(epochs, run_id=None, ckpt=None):
+        logger = mlflow_logger("resumed", tracking_uri=mlflow_sqlite, run_name="r", run_id=run_id)
+        trainer = make_trainer([WeightDecay(strength=0.1, print_audit=False), MLflowRecord(plots=False)], logger=logger,
+                               max_epochs=epochs, default_root_dir=tmp_path)
+        started = time.time()
+        trainer.fit(Classifier(), make_loader(), make_loader(seed=2), ckpt_path=ckpt)
+        trainer.save_checkpoint(tmp_path / "last.ckpt")
+        return logger.run_id, time.time() - started
+
+    run_id, first = fit(1)
+    after_first = float(MlflowClient(mlflow_sqlite).get_run(run_id).data.tags["lightning_wd.active_seconds"])
+    time.sleep(3.0)  # the pause between the two fits
+    again, second = fit(2, run_id=run_id, ckpt=tmp_path / "last.ckpt")
+    assert again == run_id
+    run = MlflowClient(mlflow_sqlite).get_run(run_id)
+    span = (run.info.end_time - run.info.start_time) / 1000
+    (row,) = compare_runs("resumed", tracking_uri=mlflow_sqlite)
+    assert row["status"] == "FINISHED" and "lightning_wd.segment_start" not in run.data.tags
+    assert row["duration_s"] <= first + second + 0.05  # the two fits (each timed around trainer.fit)
+    assert 0 < after_first <= first and row["duration_s"] > after_first  # both fits counted
+    assert span - row["duration_s"] >= 3.0  # the pause is not in it
+
+
+def test_a_segment_left_open_by_a_killed_process_ends_at_its_last_metric(mlflow_sqlite):
+    """SIGKILL: no hook closes the segment; the run ended later by someone else (a study marking a dead
+    worker's trial KILLED) counts until its last metric; a resume into it closes the segment the same way."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from lightning_wd.tracking.active_time import ACTIVE_TAG, SEGMENT_TAG, active_seconds, open_segment
+
+    client = MlflowClient(mlflow_sqlite)
+    experiment = client.create_experiment("killed")
+    t0 = int(time.time() * 1000) - 3_600_000
+    run_id = client.create_run(experiment, start_time=t0 - 50_000, run_name="k").info.run_id
+    client.set_tag(run_id, ACTIVE_TAG, "40")  # a first fit of 40 s, then a pause, then a fit killed at +15 s
+    client.set_tag(run_id, SEGMENT_TAG, str(t0))
+    client.log_batch(run_id, metrics=[Metric("val/acc", 0.5, t0 + 5_000, 1), Metric("val/acc", 0.6, t0 + 15_000, 2)])
+    client.set_terminated(run_id, "KILLED", end_time=t0 + 1_800_000)  # marked dead half an hour later
+    (row,) = compare_runs("killed", tracking_uri=mlflow_sqlite)
+    assert row["duration_s"] == pytest.approx(55.0)
+    assert active_seconds(client.get_run(run_id)) == pytest.approx(55.0)
+
+    open_segment(client, client.get_run(run_id))  # resumed: the dead segment closed, a new one open
+    tags = client.get_run(run_id).data.tags
+    assert float(tags[ACTIVE_TAG]) == pytest.approx(55.0)
+    assert abs(int(tags[SEGMENT_TAG]) - time.time() * 1000) < 60_000

@@ -2,7 +2,7 @@
 
 A row holds what :class:`~lightning_wd.tracking.record.MLflowRecord` and the decay callback logged: the
 ``lightning_wd.*`` tags (else the ``wd.*`` params), the final metrics of :data:`METRICS`, the duration
-and the status. Imports neither lightning nor MLflow at module level (``lightning-wd compare`` stays quick).
+(the active time, :mod:`~lightning_wd.tracking.active_time`) and the status. Imports neither lightning nor MLflow at module level (``lightning-wd compare`` stays quick).
 
 Example:
     >>> merge_histories([{"step": 2, "metrics": {"a": 1.0}}], [{"step": 1, "metrics": {"a": 0.5}}])
@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lightning_wd.tracking.active_time import active_seconds
 from lightning_wd.tracking.params import TAG_PREFIX
 from lightning_wd.tracking.uris import (
     TrackingUnavailable,
@@ -89,9 +90,6 @@ def _number(value: Any) -> float | str | None:
 def run_row(run) -> dict:
     """The row of one ``mlflow.entities.Run`` (see :func:`compare_runs` for its keys)."""
     tags, params, metrics, info = run.data.tags, run.data.params, run.data.metrics, run.info
-    duration = None
-    if info.end_time and info.start_time and info.status != "RUNNING":
-        duration = max(0.0, (info.end_time - info.start_time) / 1000)
     row = {
         "run": _first(info.run_name, tags.get("mlflow.runName"), info.run_id[:8]),
         "run_id": info.run_id,
@@ -99,7 +97,7 @@ def run_row(run) -> dict:
         "strength": _number(_first(tags.get(TAG_PREFIX + "strength"), params.get("wd.weight_decay"),
                                    params.get("wd.strength"))),
         "schedule": _first(tags.get(TAG_PREFIX + "schedule"), params.get("wd.schedule")),
-        "duration_s": duration,
+        "duration_s": active_seconds(run),  # the time it trained: a resumed run's pause left out
         # a pruned trial's run ends FINISHED (stopping early was asked for): the table says PRUNED
         "status": "PRUNED" if tags.get("optuna.state") == "PRUNED" else info.status,
         "experiment_id": info.experiment_id,

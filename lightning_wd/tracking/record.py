@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_wd.core.messages import one_line
+from lightning_wd.tracking.active_time import close_segment, open_segment
 from lightning_wd.tracking.artifacts import log_private_artifacts, log_private_text
 from lightning_wd.tracking.checkpoints import STATE_RUN_ID
 from lightning_wd.tracking.logger import mlflow_logger_of
@@ -65,7 +66,9 @@ class MLflowRecord(Callback):
     histogram of decayed vs excluded weights) from the callback's ``history`` (or the run's ``wd/``
     metrics when it has none, or when the fit was resumed).
 
-    The run ends ``FINISHED`` on success, ``FAILED`` on an exception (both Lightning's doing) and
+    The run's active time (the segments it trained in, so a resumed run's pause is not counted) is kept in
+    the tags ``lightning_wd.active_seconds`` and ``lightning_wd.segment_start``
+    (:mod:`~lightning_wd.tracking.active_time`). The run ends ``FINISHED`` on success, ``FAILED`` on an exception (both Lightning's doing) and
     ``KILLED`` on ``KeyboardInterrupt``; a continued run is set back to ``RUNNING`` while it trains. The
     run id is saved in checkpoints: see :func:`~lightning_wd.tracking.checkpoints.run_id_from_checkpoint`.
 
@@ -135,6 +138,7 @@ class MLflowRecord(Callback):
             client.set_tag(self._run_id, TAG_PREFIX + "resumed_from", previous)
         if run.info.status != "RUNNING":
             client.update_run(self._run_id, status="RUNNING")
+        open_segment(client, run)  # the active time: a resumed run does not count the pause
         _filter_hyperparams(self._logger, decay_managed=find_decay_callback(trainer) is not None)
 
     @override
@@ -180,7 +184,13 @@ class MLflowRecord(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active or not self.plots:
+        if not self.active:
+            return
+        try:
+            close_segment(self._logger.experiment, self._run_id)
+        except Exception as error:  # training is done: a store gone now does not fail the run
+            _warn_artifacts("the active time", self._run_id, error)
+        if not self.plots:
             return
         start = time.perf_counter()
         try:
@@ -200,7 +210,12 @@ class MLflowRecord(Callback):
             return
         if isinstance(exception, KeyboardInterrupt):
             _end_as(logger, "KILLED")
-        elif not _is_tracking_error(exception):
+        if not _is_tracking_error(exception) and self._logger is not None:
+            try:  # best effort: the active time up to now (else the next start closes the segment)
+                close_segment(logger.experiment, logger.run_id)
+            except Exception:  # noqa: S110 - the original exception is what matters
+                pass
+        if not isinstance(exception, KeyboardInterrupt) and not _is_tracking_error(exception):
             try:  # best effort: the reason shows in the MLflow UI next to the FAILED status
                 logger.experiment.set_tag(logger.run_id, TAG_PREFIX + "error",
                                           redact_text(one_line(f"{type(exception).__name__}: {exception}", 500)))
