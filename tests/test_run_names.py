@@ -135,3 +135,27 @@ def test_config_saved_in_the_log_dir_of_a_csv_logger(tmp_path, monkeypatch):
     config = yaml.safe_load(saved.read_text())
     assert config["trainer"]["callbacks"][0]["init_args"]["scheme"] == "l1"
     assert (saved.parent / "metrics.csv").exists()  # the logger's own folder
+
+
+def test_csv_hparams_yaml_carries_the_decay_account_mlflow_gets(tmp_path, monkeypatch, mlflow_sqlite):
+    """hparams.yaml of a CSVLogger: the same wd.*, optimizer.* and seed entries as the MLflow params of the
+    same fit, and the same model hparams left out (the superseded weight_decay, _instantiator)."""
+    monkeypatch.chdir(tmp_path)
+    recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
+    recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
+                       "init_args": {"in_features": 8, "hidden": [4], "num_classes": 3, "weight_decay": 0.0}}
+    recipe["trainer"]["callbacks"][0]["init_args"].update(scheme="l1", strength=0.01)
+    path = tmp_path / "mlp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    quick = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--seed_everything", "7"]
+    assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite, *quick]) == 0
+    assert main(["fit", "--config", str(path), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                 "--trainer.logger.init_args.save_dir", "csv", *quick]) == 0
+    (run,) = _runs(mlflow_sqlite)
+    (saved,) = (tmp_path / "csv").rglob("hparams.yaml")
+    hparams = yaml.safe_load(saved.read_text())
+    decay = {k: v for k, v in run.data.params.items() if k.startswith(("wd.", "optimizer.")) or k == "seed"}
+    assert decay["wd.scheme"] == "l1" and decay["seed"] == "7" and len(decay) > 10
+    assert {k: str(v) for k, v in hparams.items() if k in decay} == decay  # the same account, value for value
+    assert "weight_decay" not in hparams and not any(k.startswith("_") for k in hparams)
+    assert set(hparams) - set(decay) == set(run.data.params) - set(decay)  # and the same model/data hparams

@@ -242,6 +242,11 @@ def _cli_classes():
             """
             if self._held_logs is not None:
                 self._held_logs.release()
+            if any(not isinstance(lg, MLFlowLogger) for lg in self.trainer.loggers):
+                from lightning_wd.tracking.hparams import DecayHparams
+
+                if not any(isinstance(cb, DecayHparams) for cb in self.trainer.callbacks):
+                    self.trainer.callbacks.append(DecayHparams())  # the decay in CSV/TensorBoard hparams.yaml
             if not any(isinstance(lg, MLFlowLogger) for lg in self.trainer.loggers):
                 self._save_config_to_log_dir()
                 return

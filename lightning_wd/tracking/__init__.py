@@ -17,6 +17,7 @@ Modules, one concern each:
 ``artifacts``   ``log_config``: a resolved config as a run artifact (masked); owner-only artifact files
 ``checkpoints`` ``run_id_from_checkpoint``: the run a checkpoint was logged to
 ``record``      ``MLflowRecord``, the callback that logs the decay, and ``find_decay_callback``
+``hparams``     ``DecayHparams``: the same decay account in the ``hparams.yaml`` of CSV, TensorBoard loggers
 ``save_config`` ``MLflowSaveConfigCallback`` for ``LightningCLI``
 ``queries``     reading back: ``history_from_mlflow``, ``compare_runs`` (one row per run)
 ``plots``       PNG plots of a decay history
@@ -43,7 +44,7 @@ _LAZY = {
     "log_config": "artifacts",
     "run_id_from_checkpoint": "checkpoints",
     "MLflowRecord": "record", "find_decay_callback": "record",
-    "MLflowSaveConfigCallback": "save_config",
+    "MLflowSaveConfigCallback": "save_config", "DecayHparams": "hparams",
     "ExperimentNotFound": "queries", "compare_runs": "queries", "history_from_mlflow": "queries",
 }
 
@@ -51,6 +52,7 @@ __all__ = [
     "BufferedMLFlowLogger",
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TRACKING_URI",
+    "DecayHparams",
     "ExperimentNotFound",
     "MLflowRecord",
     "MLflowSaveConfigCallback",

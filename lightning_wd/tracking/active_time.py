@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from lightning_wd.tracking.params import TAG_PREFIX
@@ -57,9 +56,9 @@ def _open_seconds(run, start: float) -> float:
 def open_segment(client, run) -> None:
     """Start counting the active time of ``run`` (an ``mlflow.entities.Run``) now.
 
-    A segment still open from an earlier process that died without closing it is closed first (at its last metric, else the run's
-    end time); a run resumed for the first time since this module
-    exists counts its earlier span (``end_time - start_time``) as active.
+    A segment still open from an earlier process that died without closing it is closed first (at its
+    last metric, else the run's end time); a run resumed for the first time since this module exists
+    counts its earlier span (``end_time - start_time``) as active.
     """
     tags = run.data.tags
     if ACTIVE_TAG in tags:

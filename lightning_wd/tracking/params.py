@@ -25,6 +25,7 @@ __all__ = [
     "flatten_params",
     "optimizer_params",
     "plain_values",
+    "run_params",
 ]
 
 TAG_PREFIX = "lightning_wd."
@@ -149,6 +150,26 @@ def optimizer_params(optimizers: Sequence, decay_managed: bool = False) -> dict[
                     params[key + name] = str(plain_values(value))
             params[key + "tensors"] = str(len(group["params"]))
             params[key + "numel"] = str(sum(p.numel() for p in group["params"]))
+    return params
+
+
+def run_params(hparams: Mapping[str, Any] | None, optimizers: Sequence, seed: Any = None) -> dict[str, str]:
+    """The one account of a run's decay that every logger gets: ``wd.*`` (the weight-decay callback's
+    ``hparams``; ``None`` when there is no such callback), ``optimizer.*`` (:func:`optimizer_params`, with
+    ``native_weight_decay`` when the callback manages the decay) and ``seed`` when one was set.
+
+    :class:`~lightning_wd.tracking.record.MLflowRecord` logs these as MLflow params;
+    :class:`~lightning_wd.tracking.hparams.DecayHparams` writes the same into the ``hparams.yaml`` of the
+    other loggers (CSV, TensorBoard).
+
+    Example:
+        >>> run_params({"scheme": "l1", "strength": 0.01}, [], seed=0)
+        {'wd.scheme': 'l1', 'wd.strength': '0.01', 'seed': '0'}
+    """
+    params = {**flatten_params(dict(hparams or {}), "wd."),
+              **optimizer_params(list(optimizers), decay_managed=hparams is not None)}
+    if seed is not None and seed != "":
+        params["seed"] = str(seed)
     return params
 
 

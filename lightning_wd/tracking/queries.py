@@ -2,7 +2,8 @@
 
 A row holds what :class:`~lightning_wd.tracking.record.MLflowRecord` and the decay callback logged: the
 ``lightning_wd.*`` tags (else the ``wd.*`` params), the final metrics of :data:`METRICS`, the duration
-(the active time, :mod:`~lightning_wd.tracking.active_time`) and the status. Imports neither lightning nor MLflow at module level (``lightning-wd compare`` stays quick).
+(the active time, :mod:`~lightning_wd.tracking.active_time`) and the status. Imports neither lightning
+nor MLflow at module level (``lightning-wd compare`` stays quick).
 
 Example:
     >>> merge_histories([{"step": 2, "metrics": {"a": 1.0}}], [{"step": 1, "metrics": {"a": 0.5}}])

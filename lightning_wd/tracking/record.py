@@ -31,16 +31,15 @@ from lightning_wd.tracking.params import (
     audit_csv,
     audit_rows,
     decay_tags,
-    flatten_params,
     mlflow_hparams,
-    optimizer_params,
+    run_params,
 )
 from lightning_wd.tracking.queries import history_from_mlflow, merge_histories
 from lightning_wd.tracking.redaction import redact_text
 from lightning_wd.tracking.uris import TrackingUnavailable, redact
 from lightning_wd.tracking.writer import TrackingWriteError
 
-__all__ = ["MLflowRecord", "find_decay_callback"]
+__all__ = ["MLflowRecord", "decay_hparams", "filter_hyperparams", "find_decay_callback"]
 
 
 def find_decay_callback(trainer: pl.Trainer) -> Callback | None:
@@ -68,8 +67,8 @@ class MLflowRecord(Callback):
 
     The run's active time (the segments it trained in, so a resumed run's pause is not counted) is kept in
     the tags ``lightning_wd.active_seconds`` and ``lightning_wd.segment_start``
-    (:mod:`~lightning_wd.tracking.active_time`). The run ends ``FINISHED`` on success, ``FAILED`` on an exception (both Lightning's doing) and
-    ``KILLED`` on ``KeyboardInterrupt``; a continued run is set back to ``RUNNING`` while it trains. The
+    (:mod:`~lightning_wd.tracking.active_time`). The run ends ``FINISHED`` on success, ``FAILED`` on an
+    exception (both Lightning's doing) and ``KILLED`` on ``KeyboardInterrupt``; a continued run is set back to ``RUNNING`` while it trains. The
     run id is saved in checkpoints: see :func:`~lightning_wd.tracking.checkpoints.run_id_from_checkpoint`.
 
     Without an ``MLFlowLogger`` the callback does nothing. Failing to log the params at the start stops the fit
@@ -139,7 +138,7 @@ class MLflowRecord(Callback):
         if run.info.status != "RUNNING":
             client.update_run(self._run_id, status="RUNNING")
         open_segment(client, run)  # the active time: a resumed run does not count the pause
-        _filter_hyperparams(self._logger, decay_managed=find_decay_callback(trainer) is not None)
+        filter_hyperparams(self._logger, decay_managed=find_decay_callback(trainer) is not None)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -152,13 +151,9 @@ class MLflowRecord(Callback):
 
         client, run_id = self._logger.experiment, self._run_id
         decay = find_decay_callback(trainer)
-        hparams = getattr(decay, "hparams", None) if decay is not None else None
-        hparams = dict((hparams() if callable(hparams) else hparams) or {})
+        hparams = decay_hparams(decay)
         optimizers = list(trainer.optimizers)
-        params = {**flatten_params(hparams, "wd."), **optimizer_params(optimizers, decay_managed=decay is not None)}
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        if seed is not None:
-            params["seed"] = seed
+        params = run_params(None if decay is None else hparams, optimizers, os.environ.get("PL_GLOBAL_SEED"))
 
         existing = client.get_run(run_id).data.params
         changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
@@ -246,6 +241,12 @@ class MLflowRecord(Callback):
                 log_private_artifacts(client, run_id, folder, "plots")
 
 
+def decay_hparams(decay: Callback | None) -> dict[str, Any]:
+    """The weight-decay callback's ``hparams`` (a property or a method) as a dict; ``{}`` without one."""
+    hparams = getattr(decay, "hparams", None) if decay is not None else None
+    return dict((hparams() if callable(hparams) else hparams) or {})
+
+
 def _is_tracking_error(exception: BaseException) -> bool:
     """Whether talking to MLflow is what failed (then do not try again while handling it)."""
     module = type(exception).__module__ or ""
@@ -269,7 +270,7 @@ def _warn_artifacts(what: str, run_id: str | None, error: BaseException) -> None
                   "training goes on without them", UserWarning, stacklevel=3)
 
 
-def _filter_hyperparams(logger, decay_managed: bool) -> None:
+def filter_hyperparams(logger, decay_managed: bool) -> None:
     """Make the logger's ``log_hyperparams`` (Lightning calls it right after ``on_fit_start``) log the model's
     and datamodule's hparams through :func:`~lightning_wd.tracking.params.mlflow_hparams`."""
     original = getattr(logger.log_hyperparams, "_lightning_wd_original", logger.log_hyperparams)
