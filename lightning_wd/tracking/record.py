@@ -69,7 +69,8 @@ class MLflowRecord(Callback):
     the tags ``lightning_wd.active_seconds`` and ``lightning_wd.segment_start``
     (:mod:`~lightning_wd.tracking.active_time`). The run ends ``FINISHED`` on success, ``FAILED`` on an
     exception (both Lightning's doing) and ``KILLED`` on ``KeyboardInterrupt``; a continued run is set back
-    to ``RUNNING`` while it trains. The run id is saved in checkpoints: see :func:`~lightning_wd.tracking.checkpoints.run_id_from_checkpoint`.
+    to ``RUNNING`` while it trains. The run id is saved in checkpoints: see
+    :func:`~lightning_wd.tracking.checkpoints.run_id_from_checkpoint`.
 
     Without an ``MLFlowLogger`` the callback does nothing. Failing to log the params at the start stops the fit
     (before any training); failing to write an artifact (the audit at the start; the plots, made once when
