@@ -74,3 +74,38 @@ def test_weight_histogram_edge_cases(tmp_path):
     assert plots.plot_weight_histogram([], None, tmp_path / "none.png") is None
     assert_png(plots.plot_weight_histogram(np.zeros(5), [], tmp_path / "flat.png"))  # one value only
     assert not is_png(tmp_path / "missing.png")
+
+
+def test_run_plots_name_the_setting_use_its_colour_and_whole_step_ticks(tmp_path, monkeypatch):
+    """Titles carry scheme and strength, lines the setting's colour (the report's and the MLflow UI's),
+    and a short run's step axis has no fractional ticks (2.5 steps)."""
+    import matplotlib.colors as mcolors
+
+    from lightning_wd.tracking.colours import setting_colour
+
+    seen = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: seen.setdefault(path.name, figure) and save(figure, path))
+    short = [{"step": s, "metrics": {"wd/nonzero_fraction": 1 - s / 10, "wd/weight_norm": 2.0 - s / 10,
+                                     "wd/weight_norm/a.weight": 1.0, "wd/nonzero_fraction/a.weight": 0.9}}
+             for s in range(4)]
+    label = "l1 λ=1e-2 seed 0"
+    plots.plot_history(short, tmp_path, label)
+    plots.plot_weight_histogram(np.random.randn(100), np.ones(5), tmp_path / "weight_histogram.png", label=label)
+    assert sorted(seen) == ["decay_overview.png", "layer_nonzero_fraction.png", "layer_weight_norms.png",
+                            "nonzero_fraction.png", "weight_histogram.png"]
+    for name, figure in seen.items():
+        figure.canvas.draw()
+        titles = [figure.get_suptitle(), *(ax.get_title() for ax in figure.axes)]
+        assert any(t.endswith("· l1 λ=1e-2 seed 0") for t in titles), (name, titles)
+        for ax in figure.axes:
+            if ax.get_xlabel() == "step":
+                ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+                assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
+    orange = setting_colour("l1")
+    assert mcolors.to_hex(seen["nonzero_fraction.png"].axes[0].get_lines()[0].get_color()) == orange
+    assert mcolors.to_hex(seen["decay_overview.png"].axes[0].get_lines()[0].get_color()) == orange
+    decayed = seen["weight_histogram.png"].axes[0].patches[0]
+    assert mcolors.to_hex(decayed.get_facecolor()) == orange
+    assert plots.plot_nonzero_fraction(short, tmp_path / "plain.png") is not None  # no label: the old title
+    assert seen["plain.png"].axes[0].get_title() == "Non-zero fraction of decayed weights"

@@ -44,6 +44,11 @@ def test_fits_are_named_from_their_setting_and_seed(tmp_path, monkeypatch, mlflo
     assert second.info.run_name == "decoupled λ=0.25 seed 3"
     assert first.data.params["seed"] == "0" and second.data.params["seed"] == "3"
     assert second.data.tags["lightning_wd.setting"] == "decoupled λ=0.25"
+    from lightning_wd.tracking.colours import setting_colour
+
+    # the setting's colour in the MLflow UI's charts, the colour of its lines in the report's figures
+    assert first.data.tags["mlflow.runColor"] == setting_colour("L1 (proximal)") == "#ff7f0e"
+    assert second.data.tags["mlflow.runColor"] == setting_colour("decoupled") == "#1f77b4"
 
 
 def test_one_account_of_the_decay_in_the_params(tmp_path, monkeypatch, mlflow_sqlite):

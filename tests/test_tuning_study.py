@@ -78,6 +78,10 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path
         assert run.data.metrics["optuna.value"] == pytest.approx(trial.value)
         assert "wd/nonzero_fraction" in run.data.metrics and "wd.scheme" in run.data.params  # MLflowRecord
         assert len(c.get_metric_history(run.info.run_id, "val/acc")) == 2  # the Lightning curve, 2 epochs
+        from lightning_wd.tracking.colours import strength_colour
+
+        # its chart colour in the MLflow UI: its strength's, not the record's per-setting one
+        assert run.data.tags["mlflow.runColor"] == strength_colour(trial.params["strength"])
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert list(trial.intermediate_values) == [0, 1]  # reported every validation
         # the runner logged the trial's resolved config (sampled strength, no tune: section) into its run

@@ -4,7 +4,10 @@ The plots read a history in the shape ``WeightDecay.history`` keeps: a list of
 ``{"step": int, "metrics": {name: float}}`` with names such as ``wd/nonzero_fraction``,
 ``wd/nonzero_fraction/<param>``, ``wd/weight_norm``, ``wd/weight_norm/<param>``, ``wd/strength``,
 ``wd/penalty`` and ``wd/dead_units``. Each function writes one PNG and returns its path, or returns
-``None`` when the history holds nothing for it.
+``None`` when the history holds nothing for it. Given the run's ``label`` (``l1 λ=1e-2 seed 0``, see
+:func:`~lightning_wd.tracking.params.setting_label`), the titles name it and the lines take its setting's
+colour (:func:`~lightning_wd.tracking.colours.setting_colour`, the colour of the report's figures and of the
+run in the MLflow UI). Step axes have whole-number ticks.
 
 Example:
     >>> import tempfile
@@ -21,6 +24,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning_wd.tracking.colours import setting_colour
 
 __all__ = [
     "GLOBAL_METRICS",
@@ -88,16 +93,32 @@ def _save(figure, path: str | os.PathLike) -> Path:
     return path
 
 
+def _title(title: str, label: str | None) -> str:
+    return f"{title} · {label}" if label else title
+
+
+def _colour(label: str | None) -> str | None:
+    return setting_colour(label) if label else None
+
+
+def _whole_steps(axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+
+
 def _finite(values: Sequence[float]) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-def plot_nonzero_fraction(history: Sequence[Mapping], path: str | os.PathLike) -> Path | None:
+def plot_nonzero_fraction(history: Sequence[Mapping], path: str | os.PathLike,
+                          label: str | None = None) -> Path | None:
     """Plot the fraction of non-zero decayed weights over training steps.
 
     Args:
         history: records ``{"step", "metrics"}`` holding ``wd/nonzero_fraction``.
         path: the PNG file to write.
+        label: the run's setting (``l1 λ=1e-2 seed 0``): in the title, and its colour.
 
     Returns:
         ``path``, or ``None`` when the metric is absent.
@@ -107,21 +128,23 @@ def plot_nonzero_fraction(history: Sequence[Mapping], path: str | os.PathLike) -
         return None
     figure = _figure()
     axes = figure.add_subplot()
-    axes.plot(steps, values, marker="." if len(steps) < 50 else None)
-    axes.set(xlabel="step", ylabel="non-zero fraction", title="Non-zero fraction of decayed weights")
+    axes.plot(steps, values, marker="." if len(steps) < 50 else None, color=_colour(label))
+    axes.set(xlabel="step", ylabel="non-zero fraction", title=_title("Non-zero fraction of decayed weights", label))
+    _whole_steps(axes)
     axes.set_ylim(bottom=0, top=max(1.0, max(v for v in values if math.isfinite(v))) * 1.02)
     axes.grid(alpha=0.3)
     return _save(figure, path)
 
 
 def plot_global_metrics(history: Sequence[Mapping], path: str | os.PathLike,
-                        names: Sequence[str] = GLOBAL_METRICS) -> Path | None:
+                        names: Sequence[str] = GLOBAL_METRICS, label: str | None = None) -> Path | None:
     """One panel per global metric (weight norm, strength, penalty, dead units) over steps.
 
     Args:
         history: records ``{"step", "metrics"}``.
         path: the PNG file to write.
         names: the metrics to draw; those absent from ``history`` are left out.
+        label: the run's setting: in the title, and its colour.
 
     Returns:
         ``path``, or ``None`` when none of ``names`` is present.
@@ -133,16 +156,17 @@ def plot_global_metrics(history: Sequence[Mapping], path: str | os.PathLike,
     figure = _figure(7.0, 2.2 * len(present) + 0.6)
     axes = figure.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, steps, values) in zip(axes, present):
-        ax.plot(steps, values)
+        ax.plot(steps, values, color=_colour(label))
         ax.set_ylabel(name.removeprefix("wd/"))
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    figure.suptitle("Weight decay over training")
+    _whole_steps(axes[-1])
+    figure.suptitle(_title("Weight decay over training", label))
     return _save(figure, path)
 
 
 def plot_layer_metric(history: Sequence[Mapping], prefix: str, path: str | os.PathLike,
-                      title: str | None = None) -> Path | None:
+                      title: str | None = None, label: str | None = None) -> Path | None:
     """Per-layer ``<prefix>/<layer>`` metrics over steps: one line per layer, or a heat map when many.
 
     Args:
@@ -150,6 +174,7 @@ def plot_layer_metric(history: Sequence[Mapping], prefix: str, path: str | os.Pa
         prefix: e.g. ``wd/weight_norm`` or ``wd/nonzero_fraction``.
         path: the PNG file to write.
         title: the figure title (default: from ``prefix``).
+        label: the run's setting, added to the title.
 
     Returns:
         ``path``, or ``None`` when there are no per-layer metrics for ``prefix``.
@@ -159,14 +184,15 @@ def plot_layer_metric(history: Sequence[Mapping], prefix: str, path: str | os.Pa
     layers = {k: v for k, v in layer_series(history, prefix).items() if v[0]}
     if not layers:
         return None
-    label = prefix.rstrip("/").removeprefix("wd/").replace("_", " ")
-    title = title or f"Per-layer {label}"
+    name = prefix.rstrip("/").removeprefix("wd/").replace("_", " ")
+    title = _title(title or f"Per-layer {name}", label)
     if len(layers) <= MAX_LINES:
         figure = _figure()
         axes = figure.add_subplot()
         for layer, (steps, values) in layers.items():
             axes.plot(steps, values, label=layer)
-        axes.set(xlabel="step", ylabel=label, title=title)
+        axes.set(xlabel="step", ylabel=name, title=title)
+        _whole_steps(axes)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small", loc="best")
         return _save(figure, path)
@@ -183,7 +209,8 @@ def plot_layer_metric(history: Sequence[Mapping], prefix: str, path: str | os.Pa
     axes.set_yticks(range(len(layers)))
     axes.set_yticklabels(list(layers), fontsize=max(3, min(8, 400 // len(layers))))
     axes.set(xlabel="step", title=title)
-    figure.colorbar(image, ax=axes, label=label)
+    _whole_steps(axes)
+    figure.colorbar(image, ax=axes, label=name)
     return _save(figure, path)
 
 
@@ -201,7 +228,8 @@ def _values(values: Any):
     return array[np.isfinite(array)]
 
 
-def plot_weight_histogram(decayed: Any, excluded: Any, path: str | os.PathLike, bins: int = 100) -> Path | None:
+def plot_weight_histogram(decayed: Any, excluded: Any, path: str | os.PathLike, bins: int = 100,
+                          label: str | None = None) -> Path | None:
     """Histogram (log counts) of the values of decayed vs excluded weights, on shared bins.
 
     Args:
@@ -209,6 +237,7 @@ def plot_weight_histogram(decayed: Any, excluded: Any, path: str | os.PathLike, 
         excluded: values of weights that do not decay.
         path: the PNG file to write.
         bins: number of bins.
+        label: the run's setting: in the title, and the decayed weights' colour.
 
     Returns:
         ``path``, or ``None`` when both are empty.
@@ -232,29 +261,30 @@ def plot_weight_histogram(decayed: Any, excluded: Any, path: str | os.PathLike, 
     edges = np.linspace(low, high, bins + 1)
     figure = _figure()
     axes = figure.add_subplot()
-    for values, label in ((decayed, "decayed"), (excluded, "excluded")):
+    for values, kind, colour in ((decayed, "decayed", _colour(label)), (excluded, "excluded", "#7f7f7f")):
         if values.size:
             counts, _ = np.histogram(values, bins=edges)
-            axes.stairs(counts, edges, fill=True, alpha=0.6, label=f"{label} ({values.size:,} values)")
+            axes.stairs(counts, edges, fill=True, alpha=0.6, label=f"{kind} ({values.size:,} values)", color=colour)
     axes.set_yscale("log")
-    axes.set(xlabel="weight value", ylabel="count", title="Weights: decayed vs excluded")
+    axes.set(xlabel="weight value", ylabel="count", title=_title("Weights: decayed vs excluded", label))
     axes.legend(fontsize="small")
     return _save(figure, path)
 
 
-def plot_history(history: Sequence[Mapping], folder: str | os.PathLike) -> list[Path]:
+def plot_history(history: Sequence[Mapping], folder: str | os.PathLike, label: str | None = None) -> list[Path]:
     """Write every plot the history allows into ``folder``; return the files written.
 
     Files: ``nonzero_fraction.png``, ``decay_overview.png``, ``layer_weight_norms.png``,
-    ``layer_nonzero_fraction.png`` (each only when its metrics are present).
+    ``layer_nonzero_fraction.png`` (each only when its metrics are present). ``label``: the run's setting
+    (``l1 λ=1e-2 seed 0``), in every title and as the colour of its lines.
     """
     folder = Path(folder)
     written = [
-        plot_nonzero_fraction(history, folder / "nonzero_fraction.png"),
-        plot_global_metrics(history, folder / "decay_overview.png"),
-        plot_layer_metric(history, NORM, folder / "layer_weight_norms.png", "Per-layer weight norm"),
+        plot_nonzero_fraction(history, folder / "nonzero_fraction.png", label),
+        plot_global_metrics(history, folder / "decay_overview.png", label=label),
+        plot_layer_metric(history, NORM, folder / "layer_weight_norms.png", "Per-layer weight norm", label),
         plot_layer_metric(history, NONZERO, folder / "layer_nonzero_fraction.png",
-                          "Per-layer non-zero fraction"),
+                          "Per-layer non-zero fraction", label),
     ]
     return [path for path in written if path is not None]
 

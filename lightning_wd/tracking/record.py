@@ -25,6 +25,7 @@ from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.active_time import close_segment, open_segment
 from lightning_wd.tracking.artifacts import log_private_artifacts, log_private_text
 from lightning_wd.tracking.checkpoints import STATE_RUN_ID
+from lightning_wd.tracking.colours import RUN_COLOUR_TAG, setting_colour
 from lightning_wd.tracking.logger import mlflow_logger_of
 from lightning_wd.tracking.params import (
     TAG_PREFIX,
@@ -56,7 +57,8 @@ class MLflowRecord(Callback):
     When training starts: params ``wd.*`` (the ``hparams`` of the weight-decay callback, found by its
     ``plan``/``history``/``hparams`` attributes), ``seed`` (``seed_everything``'s) and ``optimizer.*``
     (class; per group name, lr, weight_decay, betas/momentum, tensors, numel); tags
-    ``lightning_wd.scheme``/``schedule``/``strength``/``setting``/``optimizer``/``version``; artifacts
+    ``lightning_wd.scheme``/``schedule``/``strength``/``setting``/``optimizer``/``version`` and
+    ``mlflow.runColor`` (the setting's colour in the UI's charts, unless the run has one); artifacts
     ``audit/grouping.txt`` and ``audit/grouping.csv``. One account of the decay: with a weight-decay
     callback the model's own ``weight_decay`` argument is not logged and each group's optimizer
     ``weight_decay`` is logged as ``native_weight_decay`` (the part the optimizer applies itself); the
@@ -96,6 +98,7 @@ class MLflowRecord(Callback):
         self._tracking_uri: str | None = None
         self._restored: dict = {}
         self._continued = False
+        self._label: str | None = None
         self.seconds: dict[str, float] = {}
 
     # -- state --------------------------------------------------------------------------------------------
@@ -156,16 +159,22 @@ class MLflowRecord(Callback):
         optimizers = list(trainer.optimizers)
         params = run_params(None if decay is None else hparams, optimizers, os.environ.get("PL_GLOBAL_SEED"))
 
-        existing = client.get_run(run_id).data.params
+        run = client.get_run(run_id)
+        existing = run.data.params
         changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
         if changed:
             warnings.warn(f"MLflow params cannot change within a run; keeping the logged values of {changed}",
                           UserWarning, stacklevel=2)
         fresh = [Param(k, v) for k, v in params.items() if k not in existing]
 
-        run_tags = [RunTag(k, v) for k, v in decay_tags(hparams, optimizers, __version__).items()]
-        for start in range(0, max(len(fresh), 1), 100):
-            client.log_batch(run_id, params=fresh[start : start + 100], tags=run_tags if start == 0 else [])
+        tags = decay_tags(hparams, optimizers, __version__)
+        seed = params.get("seed")
+        self._label = tags[TAG_PREFIX + "setting"] + ("" if seed is None else f" seed {seed}")
+        if RUN_COLOUR_TAG not in run.data.tags:  # the setting's colour in the UI's charts; a user's pick stays
+            tags[RUN_COLOUR_TAG] = setting_colour(tags[TAG_PREFIX + "scheme"])
+        run_tags = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, max(len(fresh), 1), 100):
+            client.log_batch(run_id, params=fresh[i : i + 100], tags=run_tags if i == 0 else [])
 
         plan = getattr(decay, "plan", None) if decay is not None else None
         rows = audit_rows(plan, optimizers)
@@ -234,8 +243,9 @@ class MLflowRecord(Callback):
         decayed, excluded = _split_weights(pl_module, getattr(decay, "plan", None), trainer.optimizers,
                                            self.histogram_values)
         with tempfile.TemporaryDirectory(prefix="lightning_wd_plots_") as folder:
-            written = plots.plot_history(history, folder)
-            hist = plots.plot_weight_histogram(decayed, excluded, Path(folder) / "weight_histogram.png")
+            written = plots.plot_history(history, folder, self._label)
+            hist = plots.plot_weight_histogram(decayed, excluded, Path(folder) / "weight_histogram.png",
+                                               label=self._label)
             if hist is not None:
                 written.append(hist)
             if written:

@@ -1,15 +1,18 @@
 """The report's PNG figures (matplotlib, Agg backend).
 
 One colour per setting in every figure (:func:`setting_colour`: "no decay" and "none" are one setting, as
-are "L1" and "L1 (proximal)"), bars from zero, whole-number epoch ticks.
+are "L1" and "L1 (proximal)"; shared with the run plots and the MLflow UI through
+:mod:`lightning_wd.tracking.colours`), bars from zero, whole-number epoch ticks.
 """
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 from lightning_wd.apps.report.runs import Run, mean_sd
+from lightning_wd.tracking.colours import setting_colour, setting_key
+
+__all__ = ["bars", "curves", "geometric", "setting_colour", "setting_key", "strengths"]
 
 
 def _pyplot():
@@ -19,33 +22,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-#: the settings of the report, each with its colour (matplotlib's tab10)
-_COLOURS = {"none": "tab:gray", "decoupled": "tab:blue", "l1": "tab:orange", "l2": "tab:green",
-            "batchnorm": "tab:purple"}
-_OTHERS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
-
-
-def setting_key(label: str) -> str:
-    """The setting a figure label names: ``"no decay"``/``"none"`` -> ``none``, ``"L1 (proximal)"`` -> ``l1``.
-
-    Example:
-        >>> [setting_key(x) for x in ("no decay", "none", "L1 (proximal)", "L1", "decoupled decay", "BatchNorm")]
-        ['none', 'none', 'l1', 'l1', 'decoupled', 'batchnorm']
-    """
-    text = label.lower()
-    for key, words in (("none", ("no decay", "none")), ("l1", ("l1",)), ("l2", ("l2",)),
-                       ("batchnorm", ("batch",)), ("decoupled", ("decoupled",))):
-        if any(text == w or text.startswith(w) for w in words):
-            return key
-    return text
-
-
-def setting_colour(label: str) -> str:
-    """The colour of a setting, the same in every figure (a stable pick for settings not listed)."""
-    key = setting_key(label)
-    return _COLOURS.get(key) or _OTHERS[zlib.crc32(key.encode()) % len(_OTHERS)]
 
 
 def _save(plt, fig, path: Path) -> Path:
