@@ -244,53 +244,67 @@ def test_closed_pipe_ends_cleanly(store, tmp_path):
 
 
 def test_duration_of_a_resumed_run_is_its_active_time(tmp_path, mlflow_sqlite):
-    """A fit resumed into the same run after a pause: compare's duration is the two fits, not the pause."""
+    """A fit resumed into the same run after a pause: compare's duration is the two fits, not the pause;
+    a run never resumed lasts what MLflow's own duration (end - start) says."""
     from mlflow import MlflowClient
+
+    from lightning_wd.tracking.active_time import SEGMENT_TAG, active_seconds
+
+    client = MlflowClient(mlflow_sqlite)
 
     def fit(epochs, run_id=None, ckpt=None):
         logger = mlflow_logger("resumed", tracking_uri=mlflow_sqlite, run_name="r", run_id=run_id)
-        trainer = make_trainer([WeightDecay(strength=0.1, print_audit=False), MLflowRecord(plots=False)], logger=logger,
-                               max_epochs=epochs, default_root_dir=tmp_path)
+        trainer = make_trainer([WeightDecay(strength=0.1, print_audit=False), MLflowRecord(plots=False)],
+                               logger=logger, max_epochs=epochs, default_root_dir=tmp_path)
         started = time.time()
         trainer.fit(Classifier(), make_loader(), make_loader(seed=2), ckpt_path=ckpt)
         trainer.save_checkpoint(tmp_path / "last.ckpt")
         return logger.run_id, time.time() - started
 
     run_id, first = fit(1)
-    after_first = float(MlflowClient(mlflow_sqlite).get_run(run_id).data.tags["lightning_wd.active_seconds"])
+    run = client.get_run(run_id)
+    (row,) = compare_runs("resumed", tracking_uri=mlflow_sqlite)
+    assert row["duration_s"] == active_seconds(run) == (run.info.end_time - run.info.start_time) / 1000
+    after_first = row["duration_s"]
     time.sleep(3.0)  # the pause between the two fits
     again, second = fit(2, run_id=run_id, ckpt=tmp_path / "last.ckpt")
     assert again == run_id
-    run = MlflowClient(mlflow_sqlite).get_run(run_id)
+    run = client.get_run(run_id)
     span = (run.info.end_time - run.info.start_time) / 1000
     (row,) = compare_runs("resumed", tracking_uri=mlflow_sqlite)
-    assert row["status"] == "FINISHED" and "lightning_wd.segment_start" not in run.data.tags
+    assert row["status"] == "FINISHED"
+    second_segment = (run.info.end_time - int(run.data.tags[SEGMENT_TAG])) / 1000
+    assert 0 < second_segment <= second + 0.05
+    assert row["duration_s"] == pytest.approx(after_first + second_segment, abs=2e-3)
     assert row["duration_s"] <= first + second + 0.05  # the two fits (each timed around trainer.fit)
-    assert 0 < after_first <= first and row["duration_s"] > after_first  # both fits counted
     assert span - row["duration_s"] >= 3.0  # the pause is not in it
 
 
 def test_a_segment_left_open_by_a_killed_process_ends_at_its_last_metric(mlflow_sqlite):
-    """SIGKILL: no hook closes the segment; the run ended later by someone else (a study marking a dead
-    worker's trial KILLED) counts until its last metric; a resume into it closes the segment the same way."""
+    """SIGKILL: the run stays RUNNING with no end; the next resume closes the segment at its last metric.
+    A run marked KILLED later by someone else (a study finding a dead worker) ends at its last metric too."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     from lightning_wd.tracking.active_time import ACTIVE_TAG, SEGMENT_TAG, active_seconds, open_segment
 
     client = MlflowClient(mlflow_sqlite)
     experiment = client.create_experiment("killed")
     t0 = int(time.time() * 1000) - 3_600_000
-    run_id = client.create_run(experiment, start_time=t0 - 50_000, run_name="k").info.run_id
-    client.set_tag(run_id, ACTIVE_TAG, "40")  # a first fit of 40 s, then a pause, then a fit killed at +15 s
-    client.set_tag(run_id, SEGMENT_TAG, str(t0))
-    client.log_batch(run_id, metrics=[Metric("val/acc", 0.5, t0 + 5_000, 1), Metric("val/acc", 0.6, t0 + 15_000, 2)])
-    client.set_terminated(run_id, "KILLED", end_time=t0 + 1_800_000)  # marked dead half an hour later
-    (row,) = compare_runs("killed", tracking_uri=mlflow_sqlite)
-    assert row["duration_s"] == pytest.approx(55.0)
-    assert active_seconds(client.get_run(run_id)) == pytest.approx(55.0)
 
-    open_segment(client, client.get_run(run_id))  # resumed: the dead segment closed, a new one open
-    tags = client.get_run(run_id).data.tags
+    def killed_run(name):  # a first fit of 40 s, a pause, then a fit killed 15 s in
+        run_id = client.create_run(experiment, start_time=t0 - 50_000, run_name=name).info.run_id
+        client.log_batch(run_id, tags=[RunTag(ACTIVE_TAG, "40"), RunTag(SEGMENT_TAG, str(t0))],
+                         metrics=[Metric("val/acc", 0.5, t0 + 5_000, 1), Metric("val/acc", 0.6, t0 + 15_000, 2)])
+        return run_id
+
+    sigkilled, marked = killed_run("sigkilled"), killed_run("marked")
+    client.set_terminated(marked, "KILLED", end_time=t0 + 1_800_000)  # marked dead half an hour later
+    rows = {r["run"]: r for r in compare_runs("killed", tracking_uri=mlflow_sqlite)}
+    assert rows["sigkilled"]["status"] == "RUNNING" and rows["sigkilled"]["duration_s"] is None
+    assert rows["marked"]["duration_s"] == pytest.approx(55.0) == active_seconds(client.get_run(marked))
+
+    open_segment(client, client.get_run(sigkilled), continued=True)  # resumed: the dead segment closed
+    tags = client.get_run(sigkilled).data.tags
     assert float(tags[ACTIVE_TAG]) == pytest.approx(55.0)
-    assert abs(int(tags[SEGMENT_TAG]) - time.time() * 1000) < 60_000
+    assert abs(int(tags[SEGMENT_TAG]) - time.time() * 1000) < 60_000  # the new segment starts now

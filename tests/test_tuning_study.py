@@ -78,16 +78,17 @@ def test_each_trial_is_a_child_run_of_the_study_run(basic, monkeypatch, tmp_path
         assert run.data.metrics["optuna.value"] == pytest.approx(trial.value)
         assert "wd/nonzero_fraction" in run.data.metrics and "wd.scheme" in run.data.params  # MLflowRecord
         assert len(c.get_metric_history(run.info.run_id, "val/acc")) == 2  # the Lightning curve, 2 epochs
-        from lightning_wd.tracking.colours import strength_colour
+        from lightning_wd.tracking.colours import trial_colour
 
-        # its chart colour in the MLflow UI: its strength's, not the record's per-setting one
-        assert run.data.tags["mlflow.runColor"] == strength_colour(trial.params["strength"])
+        # its chart colour in the MLflow UI: its own, not the record's per-setting one (the trials' setting)
+        assert run.data.tags["mlflow.runColor"] == trial_colour(trial.number)
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert list(trial.intermediate_values) == [0, 1]  # reported every validation
         # the runner logged the trial's resolved config (sampled strength, no tune: section) into its run
         config = yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
         assert config["trainer"]["callbacks"][0]["init_args"]["strength"] == pytest.approx(trial.params["strength"])
         assert "tune" not in config or config["tune"] is None
+    assert len({r.data.tags["mlflow.runColor"] for r in children}) == 2  # told apart in the UI's charts
     assert_no_run_left_running(c)
 
 

@@ -2,11 +2,13 @@
 
 A fit resumed into the same MLflow run (``--ckpt_path``) keeps the run's first ``start_time``, and MLflow
 records no pause, so ``end_time - start_time`` counts the hours between the two fits as training. Two tags
-carry the segments instead: ``lightning_wd.active_seconds`` (the closed segments' sum) and
-``lightning_wd.segment_start`` (epoch milliseconds of the segment now open). :class:`MLflowRecord` opens a
-segment when fit starts and closes it when fit ends or fails; a segment left open by a killed process
-(``SIGKILL``: no hook ran) is closed at the next start, at its last logged metric, else at the run's end
-time. :func:`active_seconds` reads the tags back (``lightning-wd compare``'s duration).
+carry the segments instead: ``lightning_wd.active_seconds`` (the sum of the segments before the last) and
+``lightning_wd.segment_start`` (epoch milliseconds at which the last began: the run's own start for its
+first fit). :class:`~lightning_wd.tracking.record.MLflowRecord` writes them when a fit starts
+(:func:`open_segment`); the last segment ends with the run (its ``end_time``), so a run that was never
+resumed lasts what MLflow's own duration says. A segment whose process was killed (``SIGKILL``: the run
+stays ``RUNNING``, with no end time) is closed by the next resume at the last metric it logged.
+:func:`active_seconds` reads the tags back (``lightning-wd compare``'s duration).
 
 Example:
     >>> from types import SimpleNamespace
@@ -27,14 +29,10 @@ from typing import Any
 
 from lightning_wd.tracking.params import TAG_PREFIX
 
-__all__ = ["ACTIVE_TAG", "SEGMENT_TAG", "active_seconds", "close_segment", "open_segment"]
+__all__ = ["ACTIVE_TAG", "SEGMENT_TAG", "active_seconds", "open_segment"]
 
 ACTIVE_TAG = TAG_PREFIX + "active_seconds"
 SEGMENT_TAG = TAG_PREFIX + "segment_start"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _float(value: Any, default: float = 0.0) -> float:
@@ -44,69 +42,54 @@ def _float(value: Any, default: float = 0.0) -> float:
         return default
 
 
-def _open_seconds(run, start: float) -> float:
-    """How long the segment that began at ``start`` (epoch ms) and was never closed lasted: until the run's
-    last metric logged in it, else its end time, else nothing is known (0)."""
-    stamps = [m.timestamp for m in getattr(run.data, "_metric_objs", None) or []  # the latest value of each
-              if (getattr(m, "timestamp", None) or 0) >= start]
-    end = max(stamps) if stamps else run.info.end_time
+def _segment_seconds(run, start: float) -> float:
+    """How long the segment that began at ``start`` (epoch ms) lasted: until the run's end when it ended
+    after ``start``; until the last metric logged in it when it was killed there (no end time, an end from
+    an earlier segment, or ``KILLED``: a run marked dead later by someone else ends when that happens);
+    0 when nothing is known."""
+    end = run.info.end_time
+    if not end or end < start or run.info.status == "KILLED":
+        stamps = [m.timestamp for m in getattr(run.data, "_metric_objs", None) or []  # each metric's latest
+                  if (getattr(m, "timestamp", None) or 0) >= start]
+        end = max(stamps) if stamps else (end if end and end >= start else None)
     return max(0.0, (end - start) / 1000) if end else 0.0
 
 
-def open_segment(client, run) -> None:
-    """Start counting the active time of ``run`` (an ``mlflow.entities.Run``) now.
+def open_segment(client, run, continued: bool) -> None:
+    """Start a segment of the active time of ``run`` (an ``mlflow.entities.Run``) as its fit starts.
 
-    A segment still open from an earlier process that died without closing it is closed first (at its
-    last metric, else the run's end time); a run resumed for the first time since this module exists
-    counts its earlier span (``end_time - start_time``) as active.
+    Args:
+        client: an ``mlflow.MlflowClient``.
+        run: the run, as read before this fit changed it (its status and end time are the last fit's).
+        continued: whether an earlier fit logged to this run; then the earlier segments are added up
+            (the last one by :func:`_segment_seconds`; a run recorded before these tags existed counts its
+            span) and the new segment starts now, else it starts at the run's creation.
     """
-    tags = run.data.tags
-    if ACTIVE_TAG in tags:
-        active = _float(tags[ACTIVE_TAG])
-        start = tags.get(SEGMENT_TAG)
-        if start not in (None, ""):
-            active += _open_seconds(run, _float(start))
-    elif run.info.end_time and run.info.start_time:  # resumed, recorded before segments were
-        active = max(0.0, (run.info.end_time - run.info.start_time) / 1000)
-    else:
-        active = 0.0
     from mlflow.entities import RunTag
 
-    client.log_batch(run.info.run_id, tags=[RunTag(ACTIVE_TAG, f"{active:.3f}"), RunTag(SEGMENT_TAG, str(_now_ms()))])
-
-
-def close_segment(client, run_id: str) -> float:
-    """Add the open segment of ``run_id`` to its active time; return the total seconds.
-
-    Nothing happens (and the tags' total is returned) when no segment is open.
-    """
-    tags = client.get_run(run_id).data.tags
-    active = _float(tags.get(ACTIVE_TAG))
-    start = tags.get(SEGMENT_TAG)
-    if start in (None, ""):
-        return active
-    active += max(0.0, (_now_ms() - _float(start)) / 1000)
-    client.set_tag(run_id, ACTIVE_TAG, f"{active:.3f}")
-    client.delete_tag(run_id, SEGMENT_TAG)
-    return active
+    tags, info = run.data.tags, run.info
+    if not continued:
+        active, start = 0.0, info.start_time or int(time.time() * 1000)
+    else:
+        if ACTIVE_TAG in tags:
+            active = _float(tags[ACTIVE_TAG])
+            if tags.get(SEGMENT_TAG) not in (None, ""):
+                active += _segment_seconds(run, _float(tags[SEGMENT_TAG]))
+        else:
+            active = _segment_seconds(run, info.start_time) if info.start_time else 0.0
+        start = int(time.time() * 1000)
+    client.log_batch(info.run_id, tags=[RunTag(ACTIVE_TAG, f"{active:.3f}"), RunTag(SEGMENT_TAG, str(start))])
 
 
 def active_seconds(run) -> float | None:
-    """Seconds a run (an ``mlflow.entities.Run``) trained: its closed segments plus, for an ended run, the one
-    left open; ``None`` while it runs. A run without the tags (not recorded by :class:`MLflowRecord`)
-    counts ``end_time - start_time``.
-
-    A segment left open (its process was killed; the run was ended by someone else, such as a study
-    marking a dead worker's trial ``KILLED``) lasts until the run's last metric logged in it, else its
-    end time.
-    """
+    """Seconds a run (an ``mlflow.entities.Run``) trained: the earlier segments plus the last, which ends
+    with the run; ``None`` while it runs. A run without the tags counts ``end_time - start_time``."""
     info, tags = run.info, run.data.tags
     if info.status == "RUNNING" or not info.end_time or not info.start_time:
         return None
     if ACTIVE_TAG not in tags:
         return max(0.0, (info.end_time - info.start_time) / 1000)
     active = _float(tags[ACTIVE_TAG])
-    start = tags.get(SEGMENT_TAG)
-    if start not in (None, ""):
-        active += _open_seconds(run, _float(start))
+    if tags.get(SEGMENT_TAG) not in (None, ""):
+        active += _segment_seconds(run, _float(tags[SEGMENT_TAG]))
     return active

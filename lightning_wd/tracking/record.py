@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_wd.core.messages import one_line
-from lightning_wd.tracking.active_time import close_segment, open_segment
+from lightning_wd.tracking.active_time import open_segment
 from lightning_wd.tracking.artifacts import log_private_artifacts, log_private_text
 from lightning_wd.tracking.checkpoints import STATE_RUN_ID
 from lightning_wd.tracking.colours import RUN_COLOUR_TAG, setting_colour
@@ -141,7 +141,7 @@ class MLflowRecord(Callback):
             client.set_tag(self._run_id, TAG_PREFIX + "resumed_from", previous)
         if run.info.status != "RUNNING":
             client.update_run(self._run_id, status="RUNNING")
-        open_segment(client, run)  # the active time: a resumed run does not count the pause
+        open_segment(client, run, self._continued)  # the active time: a resumed run does not count the pause
         filter_hyperparams(self._logger, decay_managed=find_decay_callback(trainer) is not None)
 
     @override
@@ -189,13 +189,7 @@ class MLflowRecord(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active:
-            return
-        try:
-            close_segment(self._logger.experiment, self._run_id)
-        except Exception as error:  # training is done: a store gone now does not fail the run
-            _warn_artifacts("the active time", self._run_id, error)
-        if not self.plots:
+        if not self.active or not self.plots:
             return
         start = time.perf_counter()
         try:
@@ -215,11 +209,6 @@ class MLflowRecord(Callback):
             return
         if isinstance(exception, KeyboardInterrupt):
             _end_as(logger, "KILLED")
-        if not _is_tracking_error(exception) and self._logger is not None:
-            try:  # best effort: the active time up to now (else the next start closes the segment)
-                close_segment(logger.experiment, logger.run_id)
-            except Exception:  # noqa: S110 - the original exception is what matters
-                pass
         if not isinstance(exception, KeyboardInterrupt) and not _is_tracking_error(exception):
             try:  # best effort: the reason shows in the MLflow UI next to the FAILED status
                 logger.experiment.set_tag(logger.run_id, TAG_PREFIX + "error",

@@ -230,17 +230,16 @@ class StudyRecord:
     def start_trial(self, number: int, params: Mapping[str, Any], worker: int = 0) -> str:
         """Create the child run of trial ``number``; returns its id.
 
-        Its ``mlflow.runColor`` (the colour of its line in the MLflow UI's charts) is its strength's on one
-        log scale (:func:`~lightning_wd.tracking.colours.strength_colour`): the trials of a study are told
-        apart, and neighbouring strengths look alike.
+        Its ``mlflow.runColor`` (the colour of its line in the MLflow UI's charts) is one of its own
+        (:func:`~lightning_wd.tracking.colours.trial_colour`): the trials of a study are told apart.
         """
-        from lightning_wd.tracking.colours import RUN_COLOUR_TAG, strength_colour
+        from lightning_wd.tracking.colours import RUN_COLOUR_TAG, trial_colour
 
         run = self.client.create_run(
             self.experiment_id, run_name=self.trial_run_name(number, params),
             tags={PARENT_TAG: self.parent_run_id, KIND_TAG: "trial", "optuna.study_name": self.study_name,
                   "optuna.trial_number": str(number), "optuna.state": "RUNNING", "optuna.worker": str(worker),
-                  RUN_COLOUR_TAG: strength_colour(params.get("strength"))},
+                  RUN_COLOUR_TAG: trial_colour(number)},
         )
         from mlflow.entities import Param
 
