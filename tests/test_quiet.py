@@ -112,3 +112,24 @@ def test_tune_prints_a_line_per_trial_and_no_banner(tmp_path, monkeypatch, capfd
     assert lines[3].startswith("best trial ") and "fit it: lightning-wd fit --config " in lines[3]
     assert len(lines) == 4, out
     assert "2/2" in err and "trial/s" in err or "s/trial" in err  # the study's bar: done/total, rate, time left
+
+
+def test_the_statistics_interval_notice_shows_once_per_command(capfd):
+    """WeightDecay doubles its statistics interval two or three times per fit (and per trial): one line."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addHandler(handler)
+    try:
+        quiet.install(once=quiet.ONCE)
+        for before in (10, 20, 40):
+            rank_zero_info(f"WeightDecay: statistics every {2 * before} steps instead of {before} (...)")
+        quiet.install(verbose=True)
+        rank_zero_info("WeightDecay: statistics every 20 steps instead of 10 (-v)")
+    finally:
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").removeHandler(handler)
+    lines = capfd.readouterr().err.splitlines()
+    assert [line for line in lines if line.startswith("WeightDecay: statistics")] == [
+        "WeightDecay: statistics every 20 steps instead of 10 (...)",
+        "WeightDecay: statistics every 20 steps instead of 10 (-v)"]

@@ -106,3 +106,31 @@ def test_tune_takes_lightningclis_spellings_and_refuses_options_it_would_ignore(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unrecognized argument --run_name" in err[0]
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_optimization_history_has_whole_trial_ticks_and_names_the_study(tmp_path, monkeypatch):
+    import matplotlib.figure
+    import optuna
+
+    from lightning_wd.apps.tuning import report
+
+    study = optuna.create_study(study_name="ticks", direction="maximize")
+    for i in range(4):
+        study.add_trial(optuna.trial.create_trial(
+            params={"strength": 10.0 ** -i},
+            distributions={"strength": optuna.distributions.FloatDistribution(1e-6, 1, log=True)}, value=0.5 + i / 20))
+    saved = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(figure, path, *args, **kwargs):
+        figure.canvas.draw()
+        saved[Path(path).name] = (figure.axes[0].get_title(), list(figure.axes[0].get_xticks()),
+                                  figure.axes[0].get_xlim())
+        return real(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    report.plot_study(study, tmp_path, ["val/acc"], ["strength"])
+    title, ticks, (low, high) = saved["optimization_history.png"]
+    assert title == "Optimization history · study ticks"
+    shown = [t for t in ticks if low <= t <= high]
+    assert shown and all(float(t).is_integer() for t in shown), shown  # trial 1.5 does not exist

@@ -5,8 +5,9 @@ available", "TPU available", litlogger/litmodels tips, "Seed set to", "Loading `
 "`Trainer.fit` stopped", MLflow's table creation, and torch's ``_pytree`` deprecation. :func:`install` adds one
 :class:`LibraryNoise` filter to each logger that emits them (the records never reach a handler; the
 user's own output and logging are untouched) and a ``warnings`` filter for the deprecation; ``verbose``
-removes them again. Messages in ``once`` (the WeightDecay audit table, the same for every trial of a study)
-are shown the first time only.
+removes them again. Messages in ``once`` (:data:`ONCE`: the WeightDecay audit table, the same for every
+trial of a study, and its notice that statistics run less often, which otherwise repeats two or three times
+per fit and per trial and breaks up a study's progress bar) are shown the first time only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 
-__all__ = ["BANNERS", "SOURCES", "LibraryNoise", "install", "strip_verbose"]
+__all__ = ["BANNERS", "ONCE", "SOURCES", "LibraryNoise", "install", "strip_verbose"]
 
 #: the loggers the banners come from (found by their record names)
 SOURCES = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
@@ -26,6 +27,8 @@ BANNERS = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "S
            "Loading `train_dataloader`", "`Trainer.fit` stopped", "LOCAL_RANK:", "Experiment with name",
            "Creating initial MLflow database tables", "Updating database tables", "Context impl",
            "Will assume", "Running upgrade", "`Trainer(limit_")
+#: messages of this library shown the first time only (see the module docstring)
+ONCE = ("WeightDecay (", "WeightDecay: statistics every")
 #: deprecation noise of the installed libraries, as ``warnings`` message patterns
 WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
             r"Unnamed CHECK constraint on reflected table")  # alembic, when MLflow creates a store

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # tiny models: one thread per process is fastest and keeps timings honest
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    quiet.install(args.verbose, once=("WeightDecay (",))
+    quiet.install(args.verbose, once=quiet.ONCE)
     store = _store(args.tracking_uri)  # before the runs: MLflow's logger sets MLFLOW_TRACKING_URI
     path = build_report(Path(args.out), quick=args.quick, seeds=args.seeds, epochs=args.epochs,
                         tracking_uri=args.tracking_uri, experiment=args.experiment, progress=not args.no_progress)

@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["progress"] = not options.pop("no_progress")
         from lightning_wd.apps import quiet
 
-        quiet.install(options.pop("verbose"), once=("WeightDecay (",))
+        quiet.install(options.pop("verbose"), once=quiet.ONCE)
         options["overrides"] = split_overrides(extra)
         from lightning_wd.apps.tuning.settings import Settings
         from lightning_wd.apps.tuning.study import tune

@@ -140,6 +140,7 @@ def plot_study(study: Any, out: Path, names: Sequence[str], tuned: Sequence[str]
     least two parameters are tuned and enough trials completed, and the Pareto front for two objectives.
     A plot that fails is skipped with a warning.
     """
+    import numpy as np
     import optuna
 
     _use_agg()
@@ -168,7 +169,14 @@ def plot_study(study: Any, out: Path, names: Sequence[str], tuned: Sequence[str]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # negated above
-                figure = _figure(make())
+                axes = make()
+            figure = _figure(axes)
+            if name == "optimization_history.png":  # trial numbers are whole; the title names the study
+                from matplotlib.ticker import MaxNLocator
+
+                first = np.atleast_1d(np.asarray(axes, dtype=object)).ravel()[0]
+                first.xaxis.set_major_locator(MaxNLocator(integer=True))
+                first.set_title(f"Optimization history · study {study.study_name}")
             figure.set_size_inches(8, 5)
             figure.tight_layout()
             figure.savefig(out / name, dpi=100)
