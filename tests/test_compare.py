@@ -17,7 +17,7 @@ from lit_net import Net, make_loader, make_trainer
 from torch.nn import functional as F
 
 from lightning_wd import WeightDecay
-from lightning_wd.apps.compare import format_table, main
+from lightning_wd.apps.compare import COLUMNS, format_table, main
 from lightning_wd.tracking import MLflowRecord, mlflow_logger
 from lightning_wd.tracking.queries import ExperimentNotFound, compare_runs
 from lightning_wd.tracking.uris import TrackingUnavailable
@@ -308,3 +308,16 @@ def test_a_segment_left_open_by_a_killed_process_ends_at_its_last_metric(mlflow_
     tags = client.get_run(sigkilled).data.tags
     assert float(tags[ACTIVE_TAG]) == pytest.approx(55.0)
     assert abs(int(tags[SEGMENT_TAG]) - time.time() * 1000) < 60_000  # the new segment starts now
+
+
+def test_a_store_without_runs_prints_the_header_and_says_so(mlflow_sqlite, capsys):
+    from mlflow import MlflowClient
+
+    MlflowClient(mlflow_sqlite).create_experiment("empty")
+    assert format_table([], "table").split() == [header for _, header in COLUMNS]
+    assert main(["--tracking-uri", mlflow_sqlite]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == [header for _, header in COLUMNS]
+    assert captured.err == "lightning-wd compare: no runs in the tracking store\n"
+    assert main(["--tracking-uri", mlflow_sqlite, "--experiment", "empty", "--study", "s"]) == 0
+    assert capsys.readouterr().err == "lightning-wd compare: no runs in experiment 'empty' matching the filters\n"

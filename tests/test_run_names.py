@@ -164,3 +164,17 @@ def test_csv_hparams_yaml_carries_the_decay_account_mlflow_gets(tmp_path, monkey
     assert {k: str(v) for k, v in hparams.items() if k in decay} == decay  # the same account, value for value
     assert "weight_decay" not in hparams and not any(k.startswith("_") for k in hparams)
     assert set(hparams) - set(decay) == set(run.data.params) - set(decay)  # and the same model/data hparams
+
+
+def test_a_second_weightdecay_on_the_command_line_is_one_line(tmp_path, monkeypatch, capsys, mlflow_sqlite):
+    """Issue 15 item 11: Lightning's 30-line RuntimeError (two callbacks with one state key) becomes one line,
+    exit 2, before any MLflow run is created."""
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, max_epochs=1)
+    assert main(["fit", "--config", str(recipe), "--tracking_uri", mlflow_sqlite,
+                 "--trainer.callbacks+=WeightDecay"]) == 2
+    captured = capsys.readouterr()
+    (line,) = [x for x in captured.err.splitlines() if x.strip()]
+    assert line.startswith("lightning-wd: error: --trainer.callbacks: more than one WeightDecay callback; ")
+    assert "Traceback" not in captured.err + captured.out
+    assert _runs(mlflow_sqlite) == []

@@ -108,7 +108,7 @@ def format_table(rows: Sequence[Mapping], fmt: str = "table") -> str:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
         return "\n".join(lines)
-    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(line[i]) for line in cells)]) for i, h in enumerate(headers)]
     numeric = {i for i, (key, _) in enumerate(columns) if key not in ("run", "scheme", "schedule", "status")}
 
     def render(values: Sequence[str]) -> str:
@@ -157,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = getattr(error, "message", None) or error
         print(f"lightning-wd compare: error: {one_line(message, 500)}", file=sys.stderr)
         return 2
+    if not rows:  # the header alone on stdout (a script still parses it), the reason on stderr
+        where = f"experiment {args.experiment!r}" if args.experiment else "the tracking store"
+        print(f"lightning-wd compare: no runs in {where}" + (" matching the filters" if args.parent or args.study
+                                                             else ""), file=sys.stderr)
     try:
         print(format_table(rows, args.format), flush=True)
     except BrokenPipeError:  # `compare | head -1`: the reader has what it wanted

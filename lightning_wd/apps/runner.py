@@ -212,7 +212,16 @@ def _cli_classes():
                 if "logger" not in kwargs and trainer_config.get("logger") is None \
                         and not trainer_config.get("fast_dev_run"):
                     kwargs["logger"] = self._mlflow_logger()
-            return super().instantiate_trainer(**kwargs)
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except RuntimeError as exc:  # Lightning refuses two callbacks with one state key (two WeightDecay)
+                if "more than one stateful callback" not in str(exc):
+                    raise
+                kind = str(exc).split("`")[1] if str(exc).count("`") >= 2 else "callback"
+                raise ConfigError(
+                    f"--trainer.callbacks: more than one {kind} callback; the recipe has one already: set its "
+                    f"arguments instead of adding another (e.g. --trainer.callbacks.init_args.strength 0.1)"
+                ) from exc
 
         def _mlflow_logger(self):
             from lightning_wd import tracking
