@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -111,7 +112,10 @@ def test_tune_prints_a_line_per_trial_and_no_banner(tmp_path, monkeypatch, capfd
     assert [line.split()[:2] for line in lines[1:3]] == [["trial", "0"], ["trial", "1"]]
     assert lines[3].startswith("best trial ") and "fit it: lightning-wd fit --config " in lines[3]
     assert len(lines) == 4, out
-    assert "2/2" in err and "trial/s" in err or "s/trial" in err  # the study's bar: done/total, rate, time left
+    import re
+
+    # the study's bar: done/total [elapsed<time left, rate]
+    assert re.search(r"2/2 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/trial|trial/s)", err), err
 
 
 def test_the_statistics_interval_notice_shows_once_per_command(capfd):
@@ -133,3 +137,30 @@ def test_the_statistics_interval_notice_shows_once_per_command(capfd):
     assert [line for line in lines if line.startswith("WeightDecay: statistics")] == [
         "WeightDecay: statistics every 20 steps instead of 10 (...)",
         "WeightDecay: statistics every 20 steps instead of 10 (-v)"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_skips_set_up_once_done(tmp_path):
+    """Issue 15 item 1: `make main`/`make test` re-ran set-up each time; now only when its inputs change."""
+    import os
+    import subprocess
+
+    root = TESTS.parent
+    (tmp_path / "scripts").mkdir()
+    for name in ("Makefile", "pyproject.toml", "scripts/setup.sh"):
+        shutil.copy2(root / name, tmp_path / name)
+    (tmp_path / ".venv").mkdir()
+    stamp = tmp_path / ".venv" / ".setup-done"
+
+    def planned(target):
+        return subprocess.run(["make", "-n", target], cwd=tmp_path, capture_output=True, text=True).stdout
+
+    assert "./scripts/setup.sh" in planned("main")  # never set up: it runs
+    stamp.touch()
+    later = os.stat(tmp_path / "pyproject.toml").st_mtime + 10
+    os.utime(stamp, (later, later))
+    assert "./scripts/setup.sh" not in planned("main") and "lightning-wd report" in planned("main")
+    assert "./scripts/setup.sh" not in planned("test-fast")
+    os.utime(tmp_path / "pyproject.toml", (later + 10, later + 10))  # the dependencies changed: again
+    assert "./scripts/setup.sh" in planned("main")
+    assert "touch .venv/.setup-done" in (root / "scripts" / "setup.sh").read_text()  # what set-up leaves

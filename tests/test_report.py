@@ -104,3 +104,25 @@ def test_figures_one_colour_per_setting_and_bars_from_zero(tmp_path, monkeypatch
     assert seen["b.png"].axes[0].get_ylim()[0] == 0.0
     ticks = seen["c.png"].axes[0].xaxis.get_major_locator().tick_values(1, 3)
     assert all(float(t).is_integer() for t in ticks)
+
+
+def test_report_progress_one_line_per_fit_and_a_bar_with_time_left(monkeypatch, capfd):
+    """Issue 15 item 1: report shows k of n fits, the elapsed time and the time left; one line per fit."""
+    import re
+    from types import SimpleNamespace
+
+    import lightning_wd.apps.report.runs as runs_module
+    from lightning_wd.apps.report import run_all
+
+    def fake_run(setting, seed, epochs, **kwargs):
+        return SimpleNamespace(final=lambda metric: 0.5, fit_seconds=1.25)
+
+    monkeypatch.setattr(runs_module, "run_setting", fake_run)
+    settings = [Setting("none", "no decay", "none", 0.0), Setting("l1", "L1", "l1", 1e-2)]
+    runs = run_all(settings, 2, 1, experiment="x", tracking_uri=None)
+    assert [len(v) for v in runs.values()] == [2, 2]
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 4
+    assert lines[0] == "report: no decay               seed 0: val acc 50.0 %, train acc 50.0 %, 1.2 s"
+    assert re.search(r"report: 100%.*\| 4/4 \[\d\d:\d\d<\d\d:\d\d", err), err  # done/total [elapsed<left]

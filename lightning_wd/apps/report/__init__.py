@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["build_report", "geometric_sequence", "main", "where_it_acts"]
+__all__ = ["build_report", "geometric_sequence", "main", "run_all", "where_it_acts"]
 
 PROG = "lightning-wd report"
 EXPERIMENT = "lightning_wd_report"
@@ -91,27 +91,15 @@ def where_it_acts() -> list[list[str]]:
     ]
 
 
-def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, epochs: int | None = None,
-                 tracking_uri: str | None = None, experiment: str = EXPERIMENT, log=print,
-                 progress: bool = True) -> Path:
-    """Run every setting for every seed, then write ``out/report.md`` and its figures; return its path.
-
-    ``progress``: a progress bar on stderr (fits done of all, elapsed, time left) under the one line per fit.
-    """
-    from lightning_wd.apps.report import figures
-    from lightning_wd.apps.report import tables as t
-    from lightning_wd.apps.report.runs import run_setting
-
-    seeds = seeds or (2 if quick else 3)
-    epochs = epochs or (20 if quick else 60)
-    store = _store(tracking_uri)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = _settings()
-    runs: dict[str, list] = {s.key: [] for s in settings}
-    started = time.perf_counter()
+def run_all(settings: list, seeds: int, epochs: int, *, experiment: str, tracking_uri: str | None,
+            log=print, progress: bool = True) -> dict[str, list]:
+    """Fit every setting for every seed: one line per fit on stdout (or through ``log``), and a progress
+    bar on stderr with the fits done of all, the elapsed time and the time left; the runs by setting key."""
     from tqdm.auto import tqdm
 
-    # done/total, elapsed and time left on stderr; one line per fit above it
+    from lightning_wd.apps.report.runs import run_setting
+
+    runs: dict[str, list] = {s.key: [] for s in settings}
     bar = tqdm(total=seeds * len(settings), desc="report", unit="fit", file=sys.stderr, dynamic_ncols=True,
                disable=not progress)
     for seed in range(seeds):
@@ -124,6 +112,27 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
             bar.write(line, file=sys.stdout) if log is print else log(line)
             bar.update()
     bar.close()
+    return runs
+
+
+def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, epochs: int | None = None,
+                 tracking_uri: str | None = None, experiment: str = EXPERIMENT, log=print,
+                 progress: bool = True) -> Path:
+    """Run every setting for every seed, then write ``out/report.md`` and its figures; return its path.
+
+    ``progress``: a progress bar on stderr (fits done of all, elapsed, time left) under the one line per fit.
+    """
+    from lightning_wd.apps.report import figures
+    from lightning_wd.apps.report import tables as t
+
+    seeds = seeds or (2 if quick else 3)
+    epochs = epochs or (20 if quick else 60)
+    store = _store(tracking_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings()
+    started = time.perf_counter()
+    runs = run_all(settings, seeds, epochs, experiment=experiment, tracking_uri=tracking_uri, log=log,
+                   progress=progress)
     geo = geometric_sequence()
     n = seeds
     sweep = _sweep(settings)
