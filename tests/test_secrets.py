@@ -118,3 +118,17 @@ def test_no_secret_in_any_output_artifact_param_or_tag(mlflow_server, tmp_path):
     assert sorted(_hits(tmp_path)) == [str(tmp_path / "fit.yaml"), str(tmp_path / "recipe.yaml")]
     best = tmp_path / "out" / "best.yaml"
     assert stat.S_IMODE(best.stat().st_mode) == 0o600
+
+
+def test_print_config_masks_the_tracking_password(tmp_path, monkeypatch, capsys):
+    """LightningCLI's own --print_config output goes to terminals and issue reports: no password in it."""
+    from lightning_wd.apps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = ROOT / "recipes" / "digits_mlp.yaml"
+    assert main(["fit", "--config", str(recipe), "--tracking_uri", "http://alice:s3cret@127.0.0.1:5999",
+                 "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    assert yaml.safe_load(out)["tracking_uri"] == "http://alice:***@127.0.0.1:5999"
+    assert list(tmp_path.iterdir()) == []  # printed only: no store, no run

@@ -135,6 +135,18 @@ def _cli_classes():
                 return super().error(message, ex)
             raise ConfigError(describe(message, ex)) from ex
 
+        def dump(self, *args: Any, **kwargs: Any) -> str:
+            """The config as YAML; for ``--print_config`` (printed on the user's terminal, often pasted into
+            issues) with the passwords of URIs and the values of password-like keys masked."""
+            text = super().dump(*args, **kwargs)
+            from jsonargparse._actions import _ActionPrintConfig
+
+            if _ActionPrintConfig.is_print_config_requested(self):
+                from lightning_wd.tracking.redaction import redact_text
+
+                text = redact_text(text)
+            return text
+
     class WeightDecayCLI(LightningCLI):
         """LightningCLI with MLflow logging by default and configuration errors as :class:`ConfigError`.
 
