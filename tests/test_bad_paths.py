@@ -121,3 +121,22 @@ def test_unwritable_outputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     rc = main(["tune", "--config", str(TUNE_RECIPE), "--n-trials", "1", "--out", str(blocked)])
     _one_line(rc, capsys.readouterr().err, "--out", "is a file, not a folder")
     _nothing_created(tmp_path, {"a_file"})
+
+
+def test_any_random_bytes_are_a_corrupt_checkpoint_in_one_line(tmp_path):
+    """About 6 % of random files made the weights-only unpickler raise IndexError (a traceback, and the test
+    above flaky through its os.urandom case) and warn of a "pickle protocol 141": both are one ConfigError."""
+    import random
+    import warnings
+
+    from lightning_wd.apps.errors import ConfigError
+    from lightning_wd.apps.runner import check_checkpoint
+
+    rng = random.Random(0)
+    path = tmp_path / "random.ckpt"
+    for _ in range(300):
+        path.write_bytes(bytes(rng.getrandbits(8) for _ in range(512)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ConfigError, match="corrupt"):
+                check_checkpoint(path)

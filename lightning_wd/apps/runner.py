@@ -324,16 +324,19 @@ def check_checkpoint(path: Any) -> None:
     if os.path.getsize(path) == 0:
         raise ConfigError(f"--ckpt_path {path}: the file is empty, not a checkpoint")
     import pickle
+    import warnings
 
     import torch
 
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+        with warnings.catch_warnings():  # random bytes read as a pickle "protocol 141": the error below says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found:
@@ -341,7 +344,8 @@ def check_checkpoint(path: Any) -> None:
                               "the safe load (torch.load weights_only=True) does not; load only checkpoints you "
                               "trust") from None
         raise ConfigError(f"--ckpt_path {path}: not a checkpoint written by torch.save (corrupt?)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        # IndexError: the weights-only unpickler on random bytes (its stack or memo runs empty)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         reason = f" ({one_line(text.split('. ')[0], 120)})" if len(text) > 8 else ""
         raise ConfigError(f"--ckpt_path {path}: not a readable checkpoint, truncated or corrupt{reason}") from None
