@@ -13,9 +13,10 @@ from typing_extensions import override
 
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
-from lightning_wd.core.decay_step import OptimizerDecay
+from lightning_wd.core.decay_step import OptimizerDecay, refuse_scaled_fused
 from lightning_wd.core.diagnostics import Diagnostics
 from lightning_wd.core.distributed import check_strategy, track_flat_shards
+from lightning_wd.core.fused import check_fused
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
 from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
@@ -100,6 +101,12 @@ class WeightDecay(Callback):
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
         split_groups: split the optimizer's groups so that it decays natively (changes the groups; opt-in).
+        fused: ``"auto"`` (default): with ``torch.optim.Adam``/``AdamW`` and a self-applied ``decoupled``, ``l2``,
+            ``l1``, ``elastic_net``, ``l2_sp`` or ``cautious``, tensors of 2^18 elements and more take one compiled
+            update that does the optimizer's step and the decay together (:mod:`lightning_wd.core.fused`; compiled
+            once at fit start; same results and optimizer state as the general path); True: the same, and warn
+            about the tensors that cannot; False: the general path only. The audit says which path each group
+            took and why.
 
     Raises:
         ValueError: an argument out of range, with its name and the allowed values.
@@ -137,8 +144,10 @@ class WeightDecay(Callback):
         print_audit: bool = True,
         native: bool = True,
         split_groups: bool = False,
+        fused: bool | str = "auto",
     ) -> None:
         check_fraction(l1_ratio, "l1_ratio")
+        self.fused = check_fused(fused)
         for argument, value in (("per_layer_stats", per_layer_stats), ("diagnostics", diagnostics),
                                 ("print_audit", print_audit),
                                 ("native", native), ("split_groups", split_groups)):
@@ -286,7 +295,7 @@ class WeightDecay(Callback):
                 coupling=self.lr_coupling, native=self.native, per_group_strength=self.strength is None,
                 lr_max_of=lambda group: float(group.get("max_lr", 0.0)),
                 group_scale=self._planner.timescale(trainer) if self.timescale_epochs else None,
-                coupling_of=self._planner.coupling_of,
+                coupling_of=self._planner.coupling_of, fused=self.fused,
             ) if self._active else None
             if decay is None:
                 continue
@@ -301,7 +310,7 @@ class WeightDecay(Callback):
                 reference = torch.load(reference, map_location="cpu", weights_only=True)
             for decay in self.decays:
                 decay.load_persistent_state("reference", reference)
-        self._refuse_scaled_fused(trainer)
+        refuse_scaled_fused(trainer, self.decays, self.scheme)
         self.plan = self._planner.shown_plan(self.decays, trainer.optimizers)
         self._applied = self._planner.applied_strength(self.decays)
         self._announce(trainer)
@@ -324,23 +333,11 @@ class WeightDecay(Callback):
         key = self._planner.key
         expand_schedulers(schedulers, optimizer, split_groups(optimizer, key, self._planner.order))
 
-    def _refuse_scaled_fused(self, trainer: Trainer) -> None:
-        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-        if scaler is None:
-            return
-        self_applied = type(self.scheme).after_update is not Scheme.after_update
-        for decay in self.decays:
-            passes = self_applied or any(not b.native for b in decay.buckets)
-            if passes and getattr(decay.optimizer, "_step_supports_amp_scaling", False):
-                raise ValueError(
-                    f"WeightDecay: {type(decay.optimizer).__name__} with fused=True unscales gradients inside step() "
-                    f"under 16-mixed precision, so {self.scheme.name} decay would see scaled gradients; use "
-                    "fused=False or precision='bf16-mixed'"
-                )
-
     def _announce(self, trainer: Trainer) -> None:
         if self.print_audit:
-            rank_zero_info(f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}")
+            paths = [f"\nstep of optimizer {i} {line}" for i, d in enumerate(self.decays)
+                     for line in d.fused.describe()]
+            rank_zero_info(f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}{''.join(paths)}")
         if not self._active:
             return
         if self.strength is None and not self._applied:

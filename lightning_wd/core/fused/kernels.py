@@ -1,0 +1,129 @@
+"""The fused per-tensor update: torch's Adam arithmetic (weight_decay 0) with a scheme's decay, compiled once.
+
+One function reads ``p, g, exp_avg, exp_avg_sq`` (and ``max_exp_avg_sq``, the reference) once and writes
+``p`` and the moments once. It follows torch's eager Adam/AdamW step operation by operation (``lerp`` of
+the first moment, ``mul`` + ``addcmul`` of the second, ``sqrt / bias_correction2_sqrt + eps``, ``addcdiv``
+with ``-lr / bias_correction1``) with the scheme's decay where the general path applies it:
+
+=========  ==============================================================  =========================
+pre        before the update                                               schemes
+=========  ==============================================================  =========================
+``mul``    ``w <- w * (1 - rate)``                                         decoupled (not native)
+``grad``   ``g <- g + c * w`` (coupled L2, on the gradient)                l2, elastic_net
+``lerp``   ``w <- lerp(w, w0, rate)`` (torch's two-branch lerp)            l2_sp
+=========  ==============================================================  =========================
+
+=============  ======================================================  ===========================
+post           after the update                                        schemes
+=============  ======================================================  ===========================
+``shrink``     ``softshrink(w, t)`` (exact zeros, as ``softshrink``)    l1, elastic_net
+``cautious``   ``w <- w_new - rate * w * 1[(w_new - w) * w <= 0]``      cautious
+=============  ======================================================  ===========================
+
+The scalars come in one coefficient tensor (:data:`SLOTS`; float32 for float32 tensors, as torch's eager
+kernels round their scalar arguments, float64 for float64) so that neither a new lr nor a new step
+recompiles. Tensors are passed flattened, with dynamic shapes: one compilation per variant whatever the
+sizes (:func:`compiled`), timed and kept in :data:`COMPILE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["COMPILE_SECONDS", "SLOTS", "Variant", "compiled", "eager", "update_fn"]
+
+#: Positions in the coefficient tensor.
+SLOTS = {"one_minus_beta1": 0, "beta1": 1, "beta2": 2, "one_minus_beta2": 3, "bc2_sqrt": 4, "eps": 5,
+         "neg_step_size": 6, "sign": 7, "a": 8, "b": 9}
+
+#: ``(pre, post, amsgrad)``.
+Variant = tuple[str, str, bool]
+
+#: Seconds each variant's compilation took in this process (compiled on first use, on one device type).
+COMPILE_SECONDS: dict[tuple[Variant, str], float] = {}
+
+_LOCK = threading.Lock()
+_COMPILED: dict[tuple[Variant, str], Callable] = {}
+
+
+def update_fn(variant: Variant) -> Callable[..., None]:
+    """The update of ``variant`` as a plain torch function ``fn(p, g, m, v, vmax, ref, c)`` (in place).
+
+    ``vmax`` (amsgrad) and ``ref`` (``lerp``) may be any tensor where the variant does not read them.
+
+    Example:
+        >>> p, g = torch.tensor([1.0, 0.105]), torch.tensor([0.5, 0.5])
+        >>> m, v = torch.zeros(2), torch.zeros(2)
+        >>> c = torch.tensor([0.1, 0.9, 0.999, 0.001, 0.001 ** 0.5, 1e-8, -0.1 / 0.1, 1.0, 0.0, 0.01])
+        >>> update_fn(("none", "shrink", False))(p, g, m, v, p, p, c); p  # one Adam step of lr 0.1, then t=0.01
+        tensor([0.8900, 0.0000])
+    """
+    pre, post, amsgrad = variant
+
+    def update(p: Tensor, g: Tensor, m: Tensor, v: Tensor, vmax: Tensor, ref: Tensor, c: Tensor) -> None:
+        w = p
+        if pre == "grad":
+            g = g + c[8] * w  # grad.add_(param, alpha=c)
+        g = g * c[7]  # maximize: -grad (exact)
+        if pre == "mul":
+            w = w * c[8]
+        elif pre == "lerp":  # torch.lerp(w, ref, rate): weight < 0.5 ? w + weight * d : ref - d * (1 - weight)
+            d = ref - w
+            w = torch.where(c[8] < 0.5, w + c[8] * d, ref - d * c[9])
+        # exp_avg.lerp_(grad, 1 - beta1)
+        d = g - m
+        m_new = torch.where(c[0] < 0.5, m + c[0] * d, g - d * c[1])
+        v_new = v * c[2] + c[3] * g * g  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        if amsgrad:
+            v_new = torch.maximum(vmax, v_new)
+            vmax.copy_(v_new)
+        # addcdiv_(exp_avg, denom, value=-step_size): self + value * t1 / t2, in ATen's order
+        w_new = w + c[6] * m_new / (v_new.sqrt() / c[4] + c[5])
+        if post == "shrink":
+            t = c[9]
+            w_new = torch.where(w_new > t, w_new - t, torch.where(w_new < -t, w_new + t, torch.zeros_like(w_new)))
+        elif post == "cautious":  # addcmul_(w_old, 1[delta * w_old <= 0], value=-rate)
+            keep = ((w_new - w) * w <= 0).to(w.dtype)
+            w_new = w_new + c[9] * w * keep
+        p.copy_(w_new)
+
+    name = f"fused_adam_{pre}_{post}{'_amsgrad' if amsgrad else ''}"
+    # a code object of its own per variant: torch.compile caches (and limits) compilations per code object
+    code = update.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, update.__globals__, name, None, update.__closure__)
+
+
+def eager(variant: Variant) -> Callable[..., None]:
+    """The same update, not compiled (the reference the tests compare the compiled one with)."""
+    return update_fn(variant)
+
+
+def compiled(variant: Variant, device_type: str) -> Callable[..., None]:
+    """The compiled update of ``variant`` for tensors on ``device_type``, compiled and run once on small tensors
+    here (so that a missing or broken compiler shows now, before any real tensor is touched).
+
+    Raises:
+        Exception: whatever the compiler raised (the caller falls back to the general path).
+    """
+    key = (variant, device_type)
+    with _LOCK:
+        found = _COMPILED.get(key)
+        if found is not None:
+            return found
+        fn = torch.compile(update_fn(variant), dynamic=True, fullgraph=True)
+        start = time.perf_counter()
+        for dtype in (torch.float32, torch.float64):
+            probe = [torch.zeros(64, dtype=dtype, device=device_type) for _ in range(6)]
+            with torch.no_grad():
+                fn(*probe, torch.ones(len(SLOTS), dtype=dtype, device=device_type))
+        COMPILE_SECONDS[key] = time.perf_counter() - start
+        _COMPILED[key] = fn
+        return fn
