@@ -212,7 +212,7 @@ def test_one_compilation_per_variant_whatever_the_sizes_and_the_lr():
     weights, targets, noises = _problem(seed=9)
     run = Run("l2_sp", torch.optim.Adam, weights, path=True)
     scheduler = torch.optim.lr_scheduler.StepLR(run.opt, step_size=1, gamma=0.9)
-    fn = kernels._COMPILED[(("lerp", "none", False), "cpu")]
+    fn = kernels._COMPILED[(("lerp", "none", False, False, True, True), "cpu")]
     for noise in noises[:6]:
         run.step(targets, noise)
         scheduler.step()

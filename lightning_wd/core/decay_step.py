@@ -201,7 +201,7 @@ class OptimizerDecay:
                     continue
                 active = stepped(bucket.params)
             else:
-                active, fast = self.fused.split(bucket, stepped(bucket.params)) if fused else \
+                active, fast = self.fused.split(bucket, stepped(bucket.params), rate) if fused else \
                     (stepped(bucket.params), [])
                 self.scheme.before_update(active, [grad_of(p) for p in active], rate, strength, bucket.state)
                 self.fused.step(bucket.index, fast, rate, strength, bucket.state)

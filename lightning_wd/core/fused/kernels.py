@@ -42,8 +42,10 @@ __all__ = ["COMPILE_SECONDS", "SLOTS", "Variant", "compiled", "eager", "update_f
 SLOTS = {"one_minus_beta1": 0, "beta1": 1, "beta2": 2, "one_minus_beta2": 3, "bc2_sqrt": 4, "eps": 5,
          "neg_step_size": 6, "sign": 7, "a": 8, "b": 9}
 
-#: ``(pre, post, amsgrad)``.
-Variant = tuple[str, str, bool]
+#: ``(pre, post, amsgrad, maximize, m_low, ref_low)``; ``m_low``/``ref_low``: the weight of the first moment's lerp
+#: (``1 - beta1``) / of l2_sp's lerp (the rate) is below 0.5, so that it takes the first of torch's two lerp
+#: formulas (a variant with the other one is compiled where it is needed).
+Variant = tuple[str, str, bool, bool, bool, bool]
 
 #: Seconds each variant's compilation took in this process (compiled on first use, on one device type).
 COMPILE_SECONDS: dict[tuple[Variant, str], float] = {}
@@ -55,30 +57,31 @@ _COMPILED: dict[tuple[Variant, str], Callable] = {}
 def update_fn(variant: Variant) -> Callable[..., None]:
     """The update of ``variant`` as a plain torch function ``fn(p, g, m, v, vmax, ref, c)`` (in place).
 
-    ``vmax`` (amsgrad) and ``ref`` (``lerp``) may be any tensor where the variant does not read them.
+    ``vmax`` (amsgrad) and ``ref`` (``lerp``) may be any tensor where the variant does not read them. Every branch
+    is decided here, in Python, so that the compiled kernel does only the variant's arithmetic.
 
     Example:
         >>> p, g = torch.tensor([1.0, 0.105]), torch.tensor([0.5, 0.5])
         >>> m, v = torch.zeros(2), torch.zeros(2)
         >>> c = torch.tensor([0.1, 0.9, 0.999, 0.001, 0.001 ** 0.5, 1e-8, -0.1 / 0.1, 1.0, 0.0, 0.01])
-        >>> update_fn(("none", "shrink", False))(p, g, m, v, p, p, c); p  # one Adam step of lr 0.1, then t=0.01
+        >>> update = update_fn(("none", "shrink", False, False, True, True))  # l1
+        >>> update(p, g, m, v, p, p, c); p  # one Adam step of lr 0.1, then a soft threshold of 0.01
         tensor([0.8900, 0.0000])
     """
-    pre, post, amsgrad = variant
+    pre, post, amsgrad, maximize, m_low, ref_low = variant
 
     def update(p: Tensor, g: Tensor, m: Tensor, v: Tensor, vmax: Tensor, ref: Tensor, c: Tensor) -> None:
         w = p
         if pre == "grad":
             g = g + c[8] * w  # grad.add_(param, alpha=c)
-        g = g * c[7]  # maximize: -grad (exact)
+        if maximize:
+            g = -g
         if pre == "mul":
             w = w * c[8]
         elif pre == "lerp":  # torch.lerp(w, ref, rate): weight < 0.5 ? w + weight * d : ref - d * (1 - weight)
-            d = ref - w
-            w = torch.where(c[8] < 0.5, w + c[8] * d, ref - d * c[9])
+            w = w + c[8] * (ref - w) if ref_low else ref - (ref - w) * c[9]
         # exp_avg.lerp_(grad, 1 - beta1)
-        d = g - m
-        m_new = torch.where(c[0] < 0.5, m + c[0] * d, g - d * c[1])
+        m_new = m + c[0] * (g - m) if m_low else g - (g - m) * c[1]
         v_new = v * c[2] + c[3] * g * g  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         m.copy_(m_new)
         v.copy_(v_new)
@@ -95,7 +98,9 @@ def update_fn(variant: Variant) -> Callable[..., None]:
             w_new = w_new + c[9] * w * keep
         p.copy_(w_new)
 
-    name = f"fused_adam_{pre}_{post}{'_amsgrad' if amsgrad else ''}"
+    flags = [f for f, on in (("amsgrad", amsgrad), ("max", maximize), ("mhigh", not m_low), ("rhigh", not ref_low))
+             if on]
+    name = "_".join(["fused_adam", pre, post, *flags])
     # a code object of its own per variant: torch.compile caches (and limits) compilations per code object
     code = update.__code__.replace(co_name=name, co_qualname=name)
     return types.FunctionType(code, update.__globals__, name, None, update.__closure__)

@@ -155,7 +155,7 @@ class FusedPath:
             reason = self._group_reason(group, bucket.native)
             for p in bucket.params:
                 why = reason or self._tensor_reason(p)
-                if why is None and not self._kernel(bool(group.get("amsgrad")), p.device.type):
+                if why is None and not self._kernel(self._variant(group, 0.0), p.device.type):
                     why = "no compiler"
                 if why is None:
                     path.fused.append(p)
@@ -165,8 +165,13 @@ class FusedPath:
             if self.mode is True and set(path.general) - {_NATIVE}:
                 _notice(f"WeightDecay(fused=True): {path.describe()}")
 
-    def _kernel(self, amsgrad: bool, device_type: str):
-        key = (*self.variant, amsgrad), device_type
+    def _variant(self, group: dict, rate: float) -> tuple:
+        return (*self.variant, bool(group["amsgrad"]), bool(group["maximize"]), 1 - float(group["betas"][0]) < 0.5,
+                rate < 0.5)
+
+    def _kernel(self, variant: tuple, device_type: str):
+        """The compiled kernel of ``variant`` (compiled now if it is new; None where compiling failed)."""
+        key = variant, device_type
         if key not in self._kernels:
             try:
                 self._kernels[key] = compiled(*key)
@@ -186,14 +191,17 @@ class FusedPath:
         return bool(self._fused_ids)
 
     # ------------------------------------------------------------------ step
-    def split(self, bucket, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """``(general, fused)``: this step's tensors of ``bucket`` that take each path."""
-        if not self._fused_ids or self._step_reason() or self._group_reason(
-                self.optimizer.param_groups[bucket.index], bucket.native):
+    def split(self, bucket, params: list[Tensor], rate: float) -> tuple[list[Tensor], list[Tensor]]:
+        """``(general, fused)``: this step's tensors of ``bucket`` (at decay rate ``rate``) that take each path."""
+        group = self.optimizer.param_groups[bucket.index]
+        if not self._fused_ids or self._step_reason() or self._group_reason(group, bucket.native):
             return params, []
         general, fused = [], []
         for p in params:
             (fused if id(p) in self._fused_ids and self._ready(p) else general).append(p)
+        variant = self._variant(group, rate)
+        if any(self._kernel(variant, t) is None for t in {p.device.type for p in fused}):
+            return params, []  # a variant first needed now, which did not compile (said once)
         return general, fused
 
     def _step_reason(self) -> str | None:
@@ -221,7 +229,7 @@ class FusedPath:
         opt._init_group({**group, "params": params}, [], grads, m, v, vmax, steps)
         torch._foreach_add_(steps, 1)
         values = torch.stack([s.detach().to("cpu", torch.float64) for s in steps]).tolist()
-        amsgrad = bool(group["amsgrad"])
+        amsgrad, variant = bool(group["amsgrad"]), self._variant(group, rate)
         beta1, beta2 = (float(b) for b in group["betas"])
         lr, eps = float(group["lr"]), float(group["eps"])
         a, b = coefficients(self.scheme, rate, strength)
@@ -233,7 +241,7 @@ class FusedPath:
             if c is None:
                 c = cache[key] = _coefficient_tensor(values[i], lr, beta1, beta2, eps, bool(group["maximize"]), a, b,
                                                      p.dtype, p.device)
-            kernel = self._kernel(amsgrad, p.device.type)
+            kernel = self._kernel(variant, p.device.type)
             flat = p.detach().view(-1)  # detached views share the storage (the kernel writes in place)
             kernel(flat, grads[i].detach().view(-1), m[i].view(-1), v[i].view(-1),
                    vmax[i].view(-1) if amsgrad else flat,
