@@ -39,7 +39,7 @@ def tensors(kind: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _fused(params: list[torch.Tensor], name: str):
+def fused_step(params: list[torch.Tensor], name: str):
     """A fused AdamW without decay, with the scheme installed through OptimizerDecay(fused=True); the seconds
     its fused kernel took to compile (0 where it was already compiled in this process, or has none)."""
     before = dict(COMPILE_SECONDS)
@@ -80,7 +80,7 @@ def run(repeats: int = 7, number: int = 5, sets: tuple[str, ...] = SETS) -> list
                         bare_opt.step()
                         scheme.after_update(params, 1e-5, 1e-2, state)
 
-                    fast_opt, decay, compile_s = _fused(params, name)
+                    fast_opt, decay, compile_s = fused_step(params, name)
                     t = interleaved({"bare": bare, "pass": apply, "native": native, "step": step,
                                      "fused": fast_opt.step}, repeats=repeats, number=times, warmup=1,
                                     clock=time.thread_time)
@@ -89,6 +89,6 @@ def run(repeats: int = 7, number: int = 5, sets: tuple[str, ...] = SETS) -> list
                                  "bare_mul_us": t["bare"] * 1e6, "pass_vs_bare": t["pass"] / t["bare"],
                                  "native_step_us": t["native"] * 1e6, "step_vs_native": t["step"] / t["native"],
                                  "fused_step_vs_native": t["fused"] / t["native"],
-                                 "fused_tensors": f"{len(decay.fused._fused_ids)}/{len(params)}",
+                                 "fused_tensors": f"{decay.fused.count}/{len(params)}",
                                  "compile_s": compile_s})
     return rows

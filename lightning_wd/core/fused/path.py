@@ -188,7 +188,13 @@ class FusedPath:
 
     @property
     def active(self) -> bool:
+        """Whether any tensor takes the fused step."""
         return bool(self._fused_ids)
+
+    @property
+    def count(self) -> int:
+        """How many tensors take the fused step (when they have a gradient)."""
+        return len(self._fused_ids)
 
     # ------------------------------------------------------------------ step
     def split(self, bucket, params: list[Tensor], rate: float) -> tuple[list[Tensor], list[Tensor]]:
