@@ -170,5 +170,6 @@ def test_fused_step_on_two_ranks_equals_one_process(strategy, single, tmp_path, 
             assert torch.equal(tensor == 0, got[name]["weights"][key] == 0), (name, key)
 
 
-# configs whose scheme has a fused Adam/AdamW form there (l2 and elastic_net run on SGD in the worker)
-FUSABLE = ("decoupled", "decoupled_cosine", "l1", "l2_sp", "cautious")
+# configs whose scheme has a fused form on their optimizer (l2 and elastic_net: SGD with momentum; the LayerNorm
+# is not decayed, so no group is native)
+FUSABLE = ("decoupled", "decoupled_cosine", "l1", "l2_sp", "cautious", "l2", "elastic_net")

@@ -159,7 +159,8 @@ def test_the_groups_stay_as_the_user_built_them():
 
 def test_fallbacks_say_why():
     p = [nn.Parameter(torch.randn(600, 500))]
-    cases = [(torch.optim.SGD(p, lr=0.1, momentum=0.9), "l1", "no fused form for SGD (Adam and AdamW have one)"),
+    cases = [(torch.optim.RMSprop(p), "l1", "no fused form for RMSprop (Adam, AdamW and SGD with momentum have one)"),
+             (torch.optim.SGD(p, lr=0.1), "l1", "SGD without momentum"),
              (torch.optim.AdamW(p), "group_lasso", "no fused form for scheme group_lasso"),
              (torch.optim.AdamW(p, capturable=True), "l1", "capturable=True"),
              (torch.optim.AdamW(p), "decoupled", "native"),
@@ -265,3 +266,35 @@ def test_weight_decay_callback_takes_the_fused_path_and_says_so(scheme, caplog):
     if scheme == "l1":
         assert torch.equal(weights["auto"]["net.0.weight"] == 0, weights[False]["net.0.weight"] == 0)
         assert int((weights["auto"]["net.0.weight"] == 0).sum()) > 0
+
+
+SGD_CASES = [("decoupled", {}), ("l1", {"nesterov": True}), ("l2_sp", {"dampening": 0.3}), ("cautious", {}),
+             ("l1", {"maximize": True})]
+
+
+@pytest.mark.parametrize(("name", "options"), SGD_CASES, ids=[f"{n}-{o}" for n, o in SGD_CASES])
+def test_fused_sgd_with_momentum_matches_general_every_step_and_its_state(name, options):
+    weights, targets, noises = _problem(seed=11 + len(name))
+    fast = Run(name, torch.optim.SGD, weights, path=True, lr=0.05, momentum=0.9, **options)
+    general = Run(name, torch.optim.SGD, weights, path=False, lr=0.05, momentum=0.9, foreach=False, **options)
+    assert fast.decay.fused.describe() == ["group 0: 3 fused (0.0M elements)"]
+    for noise in noises:
+        fast.step(targets, noise)
+        general.step(targets, noise)
+        for a, b in zip(fast.params, general.params):
+            assert _close(a, b) <= 1e-12
+            assert torch.equal(a == 0, b == 0)
+    for a, b in zip(fast.params, general.params):
+        buffers = fast.opt.state[a]["momentum_buffer"], general.opt.state[b]["momentum_buffer"]
+        assert set(fast.opt.state[a]) == {"momentum_buffer"} and _close(*buffers) <= 1e-12
+    if not options:  # the for-loop reference (tests/reference_impl.py): SGD with momentum 0.9
+        want = [w.clone() for w in weights]
+        opts = [ref.SGDMomentum(0.05, 0.9) for _ in want]
+        for step, noise in enumerate(noises):
+            strength = _strength(step)
+            for i in range(len(want)):
+                g = (want[i] - targets[i]) + noise[i]
+                extra = {"reference": weights[i]} if name == "l2_sp" else {}
+                want[i] = ref.SCHEMES[name](want[i], g, opts[i], 0.05 * strength, strength, **extra)
+        for got, w in zip(fast.params, want):
+            torch.testing.assert_close(got.detach(), w, rtol=1e-10, atol=1e-12)

@@ -86,7 +86,7 @@ class OptimizerDecay:
         lr_max_of: ``group -> largest lr of the run`` (``corrected`` coupling; default: the group's lr0).
         group_scale: ``group -> factor`` on the multipliers of the group's tensors (``timescale_epochs``).
         coupling_of: ``param -> coupling`` per tensor (AdamC's per-layer ``corrected``); default: ``coupling``.
-        fused: ``"auto"`` or True: the large tensors of Adam/AdamW groups take the fused step where the scheme has
+        fused: ``"auto"`` or True: the large tensors of Adam/AdamW/SGD groups take the fused step where the scheme has
             one (:mod:`lightning_wd.core.fused`; True also warns about the groups that cannot); False (the default
             here): the general path only.
         fused_min_numel: smallest tensor that takes the fused step (default

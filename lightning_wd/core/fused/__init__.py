@@ -1,13 +1,13 @@
-"""The fused fast path: a self-applied scheme's decay inside one compiled Adam/AdamW update per tensor.
+"""The fused fast path: a self-applied scheme's decay inside one compiled Adam/AdamW/SGD update per tensor.
 
 The general path (:mod:`lightning_wd.core.decay_step`) runs the scheme's passes before and after the
 optimizer's own step: exact for any optimizer, but each pass reads and writes the tensors once more. Where
-the optimizer is ``torch.optim.Adam`` or ``AdamW`` and the scheme is ``decoupled`` (where not native),
-``l2``, ``l1``, ``elastic_net``, ``l2_sp`` or ``cautious``, the large tensors of a group (2^18 elements and
-more) are instead updated by one compiled kernel (``torch.compile``, dynamic shapes: one compilation per
-variant, paid once at fit start) that reads each tensor and its moments once, in torch's own arithmetic,
-with the optimizer's own state (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``step``: checkpoints are
-the same as the general path's).
+the optimizer is ``torch.optim.Adam``, ``AdamW`` or ``SGD`` with momentum and the scheme is ``decoupled``
+or ``l2`` (where not native), ``l1``, ``elastic_net``, ``l2_sp`` or ``cautious``, the large tensors of a group
+(2^18 elements and more) are instead updated by one compiled kernel (``torch.compile``, dynamic shapes: one
+compilation per variant, paid once at fit start) that reads each tensor and its moments once, in torch's own
+arithmetic, with the optimizer's own state (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``step``; SGD's
+``momentum_buffer``): checkpoints are the same as the general path's.
 
 The user's groups stay as they are: during the optimizer's own step the fused tensors' gradients are held
 aside (it skips a tensor without one, as any tensor that got no gradient) and given back right after, so

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["COMPILE_SECONDS", "SLOTS", "Variant", "compiled", "eager", "update_fn"]
+__all__ = ["COMPILE_SECONDS", "SLOTS", "Variant", "compiled", "eager", "sgd_update_fn", "update_fn"]
 
 #: Positions in the coefficient tensor.
 SLOTS = {"one_minus_beta1": 0, "beta1": 1, "beta2": 2, "one_minus_beta2": 3, "bc2_sqrt": 4, "eps": 5,
@@ -106,9 +106,54 @@ def update_fn(variant: Variant) -> Callable[..., None]:
     return types.FunctionType(code, update.__globals__, name, None, update.__closure__)
 
 
+def sgd_update_fn(variant: tuple) -> Callable[..., None]:
+    """SGD with momentum (weight_decay 0) and the scheme's decay: ``fn(p, g, buf, _, _, ref, c)``, in place.
+
+    ``variant`` is ``("sgd", pre, post, nesterov, maximize, ref_low)``; ``c`` holds ``momentum`` and
+    ``1 - dampening`` in slots 0 and 1 (0 and 1 at the first step, where torch sets ``buf = grad``), the
+    momentum in slot 2 (nesterov's, at every step), ``-lr`` in slot 6, the scheme's ``a`` and ``b`` in 8 and 9.
+    torch's order: ``buf.mul_(momentum).add_(grad, alpha=1 - dampening)``, ``grad.add(buf, alpha=momentum)``
+    (nesterov), ``param.add_(grad, alpha=-lr)``.
+
+    Example:
+        >>> p, g, buf = torch.tensor([1.0]), torch.tensor([0.5]), torch.zeros(1)
+        >>> c = torch.tensor([0.0, 1.0, 0, 0, 0, 0, -0.1, 0, 0.99, 0])  # first step, lr 0.1, decoupled rate 0.01
+        >>> sgd_update_fn(("sgd", "mul", "none", False, False, True))(p, g, buf, p, p, p, c); p, buf
+        (tensor([0.9400]), tensor([0.5000]))
+    """
+    _, pre, post, nesterov, maximize, ref_low = variant
+
+    def update(p: Tensor, g: Tensor, buf: Tensor, unused: Tensor, unused2: Tensor, ref: Tensor, c: Tensor) -> None:
+        w = p
+        if pre == "grad":
+            g = g + c[8] * w
+        if maximize:
+            g = -g
+        if pre == "mul":
+            w = w * c[8]
+        elif pre == "lerp":
+            w = w + c[8] * (ref - w) if ref_low else ref - (ref - w) * c[9]
+        buf_new = buf * c[0] + c[1] * g
+        buf.copy_(buf_new)
+        step = g + c[2] * buf_new if nesterov else buf_new  # c[2]: momentum, also at the first step
+        w_new = w + c[6] * step
+        if post == "shrink":
+            t = c[9]
+            w_new = torch.where(w_new > t, w_new - t, torch.where(w_new < -t, w_new + t, torch.zeros_like(w_new)))
+        elif post == "cautious":
+            keep = ((w_new - w) * w <= 0).to(w.dtype)
+            w_new = w_new + c[9] * w * keep
+        p.copy_(w_new)
+
+    flags = [f for f, on in (("nesterov", nesterov), ("max", maximize), ("rhigh", not ref_low)) if on]
+    name = "_".join(["fused_sgd", pre, post, *flags])
+    code = update.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, update.__globals__, name, None, update.__closure__)
+
+
 def eager(variant: Variant) -> Callable[..., None]:
-    """The same update, not compiled (the reference the tests compare the compiled one with)."""
-    return update_fn(variant)
+    """The same update, not compiled."""
+    return sgd_update_fn(variant) if variant[0] == "sgd" else update_fn(variant)
 
 
 def compiled(variant: Variant, device_type: str) -> Callable[..., None]:
@@ -123,7 +168,7 @@ def compiled(variant: Variant, device_type: str) -> Callable[..., None]:
         found = _COMPILED.get(key)
         if found is not None:
             return found
-        fn = torch.compile(update_fn(variant), dynamic=True, fullgraph=True)
+        fn = torch.compile(eager(variant), dynamic=True, fullgraph=True)
         start = time.perf_counter()
         for dtype in (torch.float32, torch.float64):
             probe = [torch.zeros(64, dtype=dtype, device=device_type) for _ in range(6)]

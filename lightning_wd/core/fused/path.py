@@ -24,7 +24,7 @@ FUSED_CHOICES = ("auto", True, False)
 #: CPU) outweighs the pass it saves (measured, benchmarks/RESULTS.md section 2).
 MIN_NUMEL = 1 << 18
 
-_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 _DTYPES = (torch.float32, torch.float64)
 _NOTICED: set[str] = set()
 _NATIVE = "native"  # the optimizer decays the group itself
@@ -111,6 +111,7 @@ class FusedPath:
         self.optimizer, self.scheme, self.mode = optimizer, scheme, check_fused(mode)
         self.min_numel = MIN_NUMEL if min_numel is None else int(min_numel)
         self.variant = scheme_variant(scheme)
+        self._sgd = type(optimizer) is torch.optim.SGD
         self.groups: dict[int, GroupPath] = {}
         self._fused_ids: set[int] = set()
         self._kernels: dict = {}
@@ -122,7 +123,7 @@ class FusedPath:
         if self.mode is False:
             return "fused=False"
         if type(self.optimizer) not in _OPTIMIZERS:
-            return f"no fused form for {type(self.optimizer).__name__} (Adam and AdamW have one)"
+            return f"no fused form for {type(self.optimizer).__name__} (Adam, AdamW and SGD with momentum have one)"
         if self.variant is None:
             return f"no fused form for scheme {self.scheme.name}"
         if native:
@@ -130,8 +131,11 @@ class FusedPath:
         for option in ("capturable", "differentiable"):
             if group.get(option):
                 return f"{option}=True"
-        if any(torch.is_tensor(group.get(k)) for k in ("lr", "eps")) or any(torch.is_tensor(b) for b in group["betas"]):
-            return "a tensor lr/betas/eps"
+        if any(torch.is_tensor(group.get(k)) for k in ("lr", "eps", "momentum", "dampening")) or any(
+                torch.is_tensor(b) for b in group.get("betas", ())):
+            return "a tensor lr/betas/eps/momentum"
+        if self._sgd and not group["momentum"]:
+            return "SGD without momentum"
         if flat_shards.tracking():
             return "FSDP1 flat pieces"
         return None
@@ -166,6 +170,8 @@ class FusedPath:
                 _notice(f"WeightDecay(fused=True): {path.describe()}")
 
     def _variant(self, group: dict, rate: float) -> tuple:
+        if self._sgd:
+            return ("sgd", *self.variant, bool(group["nesterov"]), bool(group["maximize"]), rate < 0.5)
         return (*self.variant, bool(group["amsgrad"]), bool(group["maximize"]), 1 - float(group["betas"][0]) < 0.5,
                 rate < 0.5)
 
@@ -231,6 +237,8 @@ class FusedPath:
         if not params:
             return
         opt, group = self.optimizer, self.optimizer.param_groups[index]
+        if self._sgd:
+            return self._sgd_step(group, params, rate, strength, state)
         grads, m, v, vmax, steps = [], [], [], [], []
         opt._init_group({**group, "params": params}, [], grads, m, v, vmax, steps)
         torch._foreach_add_(steps, 1)
@@ -252,10 +260,37 @@ class FusedPath:
             kernel(flat, grads[i].detach().view(-1), m[i].view(-1), v[i].view(-1),
                    vmax[i].view(-1) if amsgrad else flat,
                    references[i].detach().view(-1) if references is not params else flat, c)
+        self._hold(params)
+
+    def _hold(self, params: list[Tensor]) -> None:
         for p in params:  # the optimizer's own step skips a tensor without a gradient
             self._held.append((p, p.grad))
             p.grad = None
 
+    def _sgd_step(self, group: dict, params: list[Tensor], rate: float, strength: float, state: dict) -> None:
+        """SGD with momentum: the buffer is the optimizer's ``momentum_buffer`` (created at the first step, where
+        torch sets it to the gradient: ``0 * 0 + 1 * grad`` here)."""
+        variant, (a, b) = self._variant(group, rate), coefficients(self.scheme, rate, strength)
+        momentum, dampening, lr = float(group["momentum"]), float(group["dampening"]), float(group["lr"])
+        references = self.scheme._references(params, state) if isinstance(self.scheme, L2SP) else params
+        cache: dict = {}
+        for p, ref in zip(params, references):
+            own = self.optimizer.state[p]
+            first = own.get("momentum_buffer") is None
+            if first:
+                own["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format).detach()
+            key = (first, p.dtype, p.device)
+            c = cache.get(key)
+            if c is None:
+                values = [0.0] * len(SLOTS)
+                values[0], values[1] = (0.0, 1.0) if first else (momentum, 1 - dampening)
+                values[2], values[6], values[8] = momentum, -lr, a
+                values[9] = 1 - float(torch.tensor(a, dtype=p.dtype)) if b is None else b
+                c = cache[key] = torch.tensor(values, dtype=p.dtype).to(p.device, non_blocking=True)
+            flat = p.detach().view(-1)
+            self._kernel(variant, p.device.type)(flat, p.grad.detach().view(-1), own["momentum_buffer"].view(-1),
+                                                 flat, flat, ref.detach().view(-1) if ref is not p else flat, c)
+        self._hold(params)
     def restore(self) -> None:
         """Give the fused tensors their gradients back (the same tensors), after the optimizer's step."""
         for p, grad in self._held:
