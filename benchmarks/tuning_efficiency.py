@@ -1,7 +1,7 @@
 """5. Tuning efficiency where tuning matters: TPE + median pruning vs an exhaustive strength grid on a
 peaked landscape (``recipes/tune_digits_overfit.yaml``: an MLP with Adam and coupled L2 overfitting 89
-training examples of scikit-learn's digits; it ends at 100 % training accuracy at every strength of the
-range, and validation accuracy first rises with the strength, then falls).
+training examples of scikit-learn's digits; it ends at 100 % training accuracy at strengths 1e-4
+and 0.03, 95.5 % at 0.1, and validation accuracy first rises with the strength, then falls).
 
 1. The grid, fitted once per training seed: per strength the mean and sd of validation accuracy over the
    seeds. The landscape counts as peaked when best minus worst mean is at least 5x the pooled seed sd and
