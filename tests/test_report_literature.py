@@ -31,3 +31,58 @@ def test_stable_rank_of_the_product_is_the_closed_form_at_zero_steps():
     a, b = torch.nn.Linear(6, 6, bias=False), torch.nn.Linear(6, 6, bias=False)
     s = torch.linalg.svdvals((b.weight @ a.weight).detach().double())
     assert value == pytest.approx(float(s.square().sum() / s[0] ** 2), rel=1e-4)
+
+
+def test_equilibrium_section_runs_and_draws(tmp_path):
+    from lightning_wd.apps.report.equilibrium import equilibrium_section
+
+    torch.set_num_threads(1)
+    section = equilibrium_section(tmp_path, seeds=1, strengths=(0.2,), steps=40)
+    assert section.figure == "equilibrium.png" and (tmp_path / "equilibrium.png").stat().st_size > 5000
+    assert section.verdict.startswith(("reproduced", "not reproduced")) and "seeds 0..0" in section.measured
+    assert section.measured.count("| 0.2 |") == 2  # one row per scale-invariant tensor
+
+
+def test_equilibrium_trace_is_the_callbacks_diagnostics_in_the_steady_state_formula():
+    from lightning_wd.apps.report.equilibrium import INVARIANT, equilibrium_trace
+
+    trace = equilibrium_trace(0.2, seed=0, steps=20, lr=0.1, every=10)
+    assert trace["step"] == [10, 20]
+    for name in INVARIANT:  # wd/equilibrium_ratio = (‖g‖/‖w‖) / sqrt(2 lambda / lr) under the lr coupling
+        for ratio, eq in zip(trace[f"grad_weight_ratio/{name}"], trace[f"equilibrium_ratio/{name}"]):
+            assert eq == pytest.approx(ratio / (2 * 0.2 / 0.1) ** 0.5, rel=1e-6)
+
+
+def test_target_norm_section_k_zero_is_adamw_and_the_norm_follows_k(tmp_path):
+    from lightning_wd.apps.report import targets
+
+    torch.set_num_threads(1)
+    section = targets.target_norm_section(tmp_path, seeds=1, scales=(0.0, 2.0), steps=30)
+    assert section.figure == "target_norm.png" and (tmp_path / "target_norm.png").stat().st_size > 5000
+    assert "| decoupled (AdamW, k = 0) | 0 |" in section.measured and "| target_norm | 2 |" in section.measured
+    far, zero = targets.norm_trace(2.0, 1.0, seed=0, steps=30), targets.norm_trace(0.0, 1.0, seed=0, steps=30)
+    assert all(f[-1] > z[-1] for f, z in zip(far.values(), zero.values()))
+
+
+def test_spd_section_runs_and_draws(tmp_path, monkeypatch):
+    from lightning_wd.apps.report import targets
+
+    torch.set_num_threads(1)
+    section = targets.spd_section(tmp_path, seeds=1, epochs=1)
+    assert section.figure == "spd.png" and (tmp_path / "spd.png").stat().st_size > 5000
+    assert section.verdict.startswith(("reproduced", "not reproduced")) and section.measured.count("\n| ") == 5
+
+
+def test_timescale_transfer_rule_and_verdict(tmp_path):
+    from lightning_wd.apps.report import timescale
+
+    result = timescale.Transfer((1.0, 4.0), (0.25, 1.0), {0.25: 10, 1.0: 40}, 0.01,
+                                {0.25: {1.0: [0.5, 0.5], 4.0: [0.6, 0.6]}, 1.0: {1.0: [0.7, 0.9], 4.0: [0.75, 0.85]}})
+    assert result.best(0.25) == 4.0 and result.best(1.0) == 1.0
+    ok, verdict = result.verdict()  # 0.80 vs 0.80: within one sd
+    assert ok and verdict.startswith("reproduced")
+    assert result.naive() == (1.0, (0.8, pytest.approx(0.1414, rel=1e-3)))  # lambda kept: tau 4 * 10 / 40 = 1
+    assert result.rows()[0]["lambda_25%"] == pytest.approx(1 / (0.01 * 1.0 * 10))
+    section = timescale.timescale_section(tmp_path, seeds=1, taus=(4.0, 16.0), epochs=1, num_train=400)
+    assert section.figure == "timescale_transfer.png" and (tmp_path / "timescale_transfer.png").stat().st_size > 5000
+    assert "| 16 |" in section.measured and "seeds 0..0" in section.measured

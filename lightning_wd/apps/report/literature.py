@@ -28,14 +28,16 @@ __all__ = ["adamc_section", "low_rank_section"]
 COUPLINGS = (("lr", "lr (AdamW)"), ("corrected_all", "whole group (timm)"), ("corrected", "per layer (paper)"))
 
 
-def _decay(model: nn.Module, optimizer, strength: float, coupling: str):
+def _decay(model: nn.Module, optimizer, strength: float, coupling: str, scheme="decoupled"):
+    """The library's decay (``scheme``: a name or a :class:`~lightning_wd.core.schemes.Scheme`) on ``optimizer``,
+    planned by the callback's default rules, installed on its step."""
     from lightning_wd.core.decay_step import OptimizerDecay
     from lightning_wd.core.planning import Planner
     from lightning_wd.core.rules import GroupingRules
     from lightning_wd.core.schedules import StrengthSchedule
     from lightning_wd.core.schemes import get_scheme
 
-    scheme = get_scheme("decoupled")
+    scheme = get_scheme(scheme)
     planner = Planner(model, GroupingRules(), scheme, coupling=coupling)
     decay = OptimizerDecay(optimizer, scheme, StrengthSchedule("constant", strength), planner.assign, planner.names,
                            coupling=coupling, coupling_of=planner.coupling_of)
