@@ -41,21 +41,16 @@ def equilibrium_trace(strength: float, seed: int, steps: int = 1000, lr: float =
                       width: int = 64) -> dict[str, list[float]]:
     """``{"step": [...], "<metric>/<tensor>": [...]}`` every ``every`` steps, for the metrics of :data:`METRICS` and
     the tensors of :data:`INVARIANT` (the per-tensor ``wd/*`` diagnostics without their ``wd/`` prefix)."""
-    from lightning_wd.apps.report.literature import _decay
+    from lightning_wd.apps.report.literature import _decay, teacher_student
     from lightning_wd.core.diagnostics import Diagnostics
 
-    g = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(16, 4, generator=g)
     torch.manual_seed(seed)
     model = _model(width)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     decay = _decay(model, optimizer, strength, "lr")
     diagnostics = Diagnostics(per_tensor=True)
     trace: dict[str, list[float]] = {"step": []}
-    for step in range(steps):
-        x = torch.randn(64, 16, generator=g)
-        y = torch.where(torch.rand(64, generator=g) < 0.2, torch.randint(0, 4, (64,), generator=g),
-                        (x @ teacher).argmax(dim=1))
+    for step, (x, y) in enumerate(teacher_student(seed, steps)):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         if diagnostics.due(step, every):

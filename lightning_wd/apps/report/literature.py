@@ -23,7 +23,7 @@ from torch import nn
 from lightning_wd.apps.report.runs import mean_sd
 from lightning_wd.apps.report.tables import Section, _table
 
-__all__ = ["adamc_section", "low_rank_section"]
+__all__ = ["adamc_section", "low_rank_section", "teacher_student", "train_epochs"]
 
 COUPLINGS = (("lr", "lr (AdamW)"), ("corrected_all", "whole group (timm)"), ("corrected", "per layer (paper)"))
 
@@ -45,12 +45,32 @@ def _decay(model: nn.Module, optimizer, strength: float, coupling: str, scheme="
     return decay
 
 
+def teacher_student(seed: int, steps: int, batch: int = 64):
+    """``steps`` batches ``(x, y)`` of online teacher-student data: 16 Gaussian features, the argmax of a random
+    linear teacher over 4 classes, 20 % of the labels random (fresh samples every step: the gradient noise stays,
+    as in long training)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(16, 4, generator=g)
+    for _ in range(steps):
+        x = torch.randn(batch, 16, generator=g)
+        yield x, torch.where(torch.rand(batch, generator=g) < 0.2, torch.randint(0, 4, (batch,), generator=g),
+                             (x @ teacher).argmax(dim=1))
+
+
+def train_epochs(model: nn.Module, optimizer, x, y, epochs: int, seed: int, batch: int = 50) -> None:
+    """``epochs`` passes of cross-entropy over ``(x, y)`` in shuffled batches (the order seeded by ``seed``)."""
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=order).split(batch):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+
+
 def grad_norm_trace(coupling: str, seed: int, steps: int = 500, strength: float = 1.0, lr: float = 1e-2,
                     width: int = 64) -> list[float]:
     """The global gradient norm at each step of AdamW + cosine lr on a LayerNorm MLP (online teacher-student data
     with label noise)."""
-    g = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(16, 4, generator=g)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, width), nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, width),
                           nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, 4))
@@ -58,10 +78,7 @@ def grad_norm_trace(coupling: str, seed: int, steps: int = 500, strength: float 
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     decay = _decay(model, optimizer, strength, coupling)
     trace = []
-    for _ in range(steps):
-        x = torch.randn(64, 16, generator=g)  # fresh samples every step, 20 % random labels: the gradient noise
-        y = torch.where(torch.rand(64, generator=g) < 0.2, torch.randint(0, 4, (64,), generator=g),
-                        (x @ teacher).argmax(dim=1))  # stays, as in long training
+    for x, y in teacher_student(seed, steps):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         trace.append(float(torch.stack([p.grad.norm() for p in model.parameters()]).norm()))

@@ -33,12 +33,10 @@ def norm_trace(scale: float, strength: float, seed: int, steps: int = 600, lr: f
                width: int = 64) -> dict[str, list[float]]:
     """``{"<tensor>": [‖w‖ after each step]}`` for the hidden weights, AdamW + ``target_norm`` with the target
     ``scale`` x each tensor's initial norm (``scale = 0``: plain decoupled decay, AdamW), on the LayerNorm MLP."""
-    from lightning_wd.apps.report.literature import _decay
+    from lightning_wd.apps.report.literature import _decay, teacher_student
     from lightning_wd.core.schemes import get_scheme
     from lightning_wd.core.schemes.target_norm import TargetNorm
 
-    g = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(16, 4, generator=g)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, width), nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, width),
                           nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, 4))  # section L1's model
@@ -46,10 +44,7 @@ def norm_trace(scale: float, strength: float, seed: int, steps: int = 600, lr: f
     decay = _decay(model, optimizer, strength, "lr", TargetNorm(scale=scale) if scale else get_scheme("decoupled"))
     params = dict(model.named_parameters())
     trace = {name: [float(params[name].detach().norm())] for name in HIDDEN}
-    for _ in range(steps):
-        x = torch.randn(64, 16, generator=g)
-        y = torch.where(torch.rand(64, generator=g) < 0.2, torch.randint(0, 4, (64,), generator=g),
-                        (x @ teacher).argmax(dim=1))
+    for x, y in teacher_student(seed, steps):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -118,16 +113,11 @@ def _mlp() -> nn.Module:
 
 def _train(model, x, y, epochs: int, lr: float, scheme: str | None = None, strength: float = 0.0,
            seed: int = 0) -> None:
-    from lightning_wd.apps.report.literature import _decay
+    from lightning_wd.apps.report.literature import _decay, train_epochs
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     decay = _decay(model, optimizer, strength, "lr", scheme) if scheme else None
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=order).split(50):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
+    train_epochs(model, optimizer, x, y, epochs, seed)
     if decay is not None:
         decay.uninstall()
 

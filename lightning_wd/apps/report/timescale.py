@@ -45,19 +45,14 @@ def strength_of(tau_epochs: float, lr: float, steps_per_epoch: int) -> float:
 def fit_accuracy(strength: float, seed: int, x, y, x_val, y_val, epochs: int = 20, lr: float = 0.01,
                  batch: int = 50, hidden: int = 256) -> float:
     """Validation accuracy after ``epochs`` epochs of Adam + the library's decoupled decay at ``strength``."""
-    from lightning_wd.apps.report.literature import _decay
+    from lightning_wd.apps.report.literature import _decay, train_epochs
 
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                           nn.Linear(hidden, 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     decay = _decay(model, optimizer, strength, "lr")
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=order).split(batch):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
+    train_epochs(model, optimizer, x, y, epochs, seed, batch)
     decay.uninstall()
     with torch.no_grad():
         return float((model(x_val).argmax(dim=1) == y_val).float().mean())
@@ -154,8 +149,8 @@ def timescale_section(out: Path, seeds: int = 3, taus: tuple[float, ...] = (1, 4
         "Wang & Aitchison (2025): the EMA timescale tau = 1/(lr lambda), in epochs, is what stays optimal when the "
         "data set grows; lambda = 1/(lr tau S) must then shrink with the steps per epoch S.",
         f"MNIST-1D MLP 40-256-256-10, Adam lr {result.lr:g}, batch 50, {epochs} epochs, {num_train} training "
-        f"examples (100 %) or a fixed 25 % subset, 1000 held-out examples validate; grid over tau in epochs, lambda = 1/(lr tau S), "
-        f"seeds 0..{seeds - 1} (validation accuracy, mean ± sd):\n\n" + _table(header, rows),
+        f"examples (100 %) or a fixed 25 % subset, 1000 held-out examples validate; grid over tau in epochs, "
+        f"lambda = 1/(lr tau S), seeds 0..{seeds - 1} (validation accuracy, mean ± sd):\n\n" + _table(header, rows),
         verdict, "timescale_transfer.png")
 
 
