@@ -76,13 +76,21 @@ def test_spd_section_runs_and_draws(tmp_path, monkeypatch):
 def test_timescale_transfer_rule_and_verdict(tmp_path):
     from lightning_wd.apps.report import timescale
 
-    result = timescale.Transfer((1.0, 4.0), (0.25, 1.0), {0.25: 10, 1.0: 40}, 0.01,
-                                {0.25: {1.0: [0.5, 0.5], 4.0: [0.6, 0.6]}, 1.0: {1.0: [0.7, 0.9], 4.0: [0.75, 0.85]}})
-    assert result.best(0.25) == 4.0 and result.best(1.0) == 1.0
-    ok, verdict = result.verdict()  # 0.80 vs 0.80: within one sd
-    assert ok and verdict.startswith("reproduced")
-    assert result.naive() == (1.0, (0.8, pytest.approx(0.1414, rel=1e-3)))  # lambda kept: tau 4 * 10 / 40 = 1
-    assert result.rows()[0]["lambda_25%"] == pytest.approx(1 / (0.01 * 1.0 * 10))
+    taus = (0.25, 1.0, 4.0, 16.0, 64.0)
+    small = {0.25: [0.3, 0.3], 1.0: [0.4, 0.4], 4.0: [0.6, 0.6], 16.0: [0.5, 0.5], 64.0: [0.3, 0.3]}
+    large = {0.25: [0.3, 0.3], 1.0: [0.5, 0.5], 4.0: [0.79, 0.81], 16.0: [0.80, 0.82], 64.0: [0.3, 0.3]}
+    result = timescale.Transfer(taus, (0.25, 1.0), {0.25: 10, 1.0: 40}, 0.01, {0.25: small, 1.0: large})
+    assert result.best(0.25) == 4.0 and result.best(1.0) == 16.0 and result.flat() == 2
+    ok, verdict = result.verdict()  # 0.80 vs 0.81 ± 0.014: within one sd, 2 of 5 timescales there
+    assert ok and verdict.startswith("reproduced: tau tuned on 25 % of the data (4 epochs) scores 80.0 ± 1.4 %")
+    assert result.naive() == (1.0, (0.5, 0.0))  # lambda kept: tau 4 * 10 / 40 = 1
+    assert result.rows()[0]["lambda_25%"] == pytest.approx(1 / (0.01 * 0.25 * 10))
+    result.acc[1.0][4.0] = [0.70, 0.72]  # 11 points below the best: beyond one sd
+    assert result.verdict()[1].startswith("not reproduced: ")
+    result.acc[1.0] = {t: [0.8, 0.82] for t in taus}  # every timescale alike: nothing to transfer
+    ok, verdict = result.verdict()
+    assert not ok and verdict.startswith("inconclusive (5 of 5 timescales are within one seed sd")
+    assert "a gap of 0.0 points, within one seed sd (1.4)" in verdict
     section = timescale.timescale_section(tmp_path, seeds=1, taus=(4.0, 16.0), epochs=1, num_train=400)
     assert section.figure == "timescale_transfer.png" and (tmp_path / "timescale_transfer.png").stat().st_size > 5000
     assert "| 16 |" in section.measured and "seeds 0..0" in section.measured
