@@ -3,7 +3,8 @@
 Every number comes from fits of the shipped recipe ``report_mnist1d_mlp`` (the article's setting: an MLP that
 overfits MNIST-1D), run through the same code path as ``lightning-wd fit`` and logged to MLflow, so the
 runs can be compared in the MLflow UI. ``report.md`` gives, per table, the article's claim, our
-measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it.
+measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it. Sections L1-L6 then reproduce one
+qualitative claim of each item of the recent literature the library ships (:func:`literature_sections`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["build_report", "geometric_sequence", "main", "where_it_acts"]
+__all__ = ["build_report", "geometric_sequence", "literature_sections", "main", "where_it_acts"]
 
 PROG = "lightning-wd report"
 EXPERIMENT = "lightning_wd_report"
