@@ -47,6 +47,9 @@ SECTIONS = {
                   "step_vs_native <= 1.10; not measured where no GPU is lent (the row says so)", 5),
     "diagnostics_cost": ("10. Equilibrium diagnostics (ratios, angle, equilibrium, stable rank): share of training "
                          "time at the default interval", "share_at_interval <= 1 %", 40),
+    "timescale_transfer": ("11. Timescale transfer: tau (epochs) tuned on 25 % of MNIST-1D's training data, trained "
+                           "on 100 %, vs the best tau there (Wang & Aitchison 2025)",
+                           "within one seed sd of the 100 % grid's best (>= 3 seeds)", 420),
 }
 
 
