@@ -35,8 +35,9 @@ SECTIONS = {
     "scaling": ("4. Scaling with parameters and tensors (callback's per-step work vs the bare optimizer step)",
                 "overhead per tensor flat as tensors grow", 60),
     "tuning_efficiency": ("5. Tuning on a peaked landscape: TPE + median pruning vs a strength grid (digits MLP, "
-                          "Adam + coupled L2, 89 training examples)", "within one seed sd of the grid's best in <= 30 % of the grid's "
-                          "epochs on every study seed", 1500),
+                          "Adam + coupled L2, 89 training examples)",
+                          "within one seed sd of the grid's best in <= 30 % of the grid's epochs on every study "
+                          "seed", 1500),
     "import_time": ("6. import time beyond `import lightning`", "<= 0.3 s", 60),
     "drop_in": ("7. Drop-in: one AdamW step, callback's default path (groups kept) and opt-in split vs hand-built "
                 "groups", "no target stated; README quotes these ratios", 30),

@@ -120,7 +120,8 @@ def run(train_seeds: tuple[int, ...] = (0, 1, 2), study_seeds: tuple[int, ...] =
         sd = land["sd"]
         target = land["best"] - sd if sd == sd else land["best"]
         peaked = land["spread_sd"] >= 5 and land["interior"]
-        row("landscape", f"best-worst = {land['spread_sd']:.1f} sd, best {'interior' if land['interior'] else 'AT AN EDGE'}",
+        where = "interior" if land["interior"] else "AT AN EDGE"
+        row("landscape", f"best-worst = {land['spread_sd']:.1f} sd, best {where}",
             land["best_at"], land["best"], sd, met="peaked" if peaked else "NOT peaked")
         row("grid (one pass)", f"target val_acc >= {target:.4f}", land["best_at"], land["best"], sd, grid_epochs, 1.0)
         timescales = {"timescale_epochs": {"low": 1.0 / (lr * strength[1] * steps),
