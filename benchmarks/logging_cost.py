@@ -14,6 +14,9 @@ among all points it sent. The training time: the fit's wall time less its start 
 once and are reported apart: ``start_s`` (``MLflowRecord``'s params and audit, the logger's hyperparameters and
 run), ``end_s`` (``MLflowRecord``'s plots and their upload, the logger's final flush and run status).
 ``ms_per_call`` is the training thread's cost per statistics call (the end-of-training call included).
+``share_cpu`` is the same ratio in CPU time (the training thread's time in the calls and the writer's, over the
+process's CPU time in training: all its threads, the writer's included), which a busy machine's preemption
+does not inflate.
 Run with the code of another checkout to measure it ("before"):
 ``PYTHONPATH=<checkout> python benchmarks/logging_cost.py`` prints the rows as JSON.
 """
@@ -79,18 +82,19 @@ class _Timer:
     """Wrap a method of a class with a perf_counter sum (for the benchmark's process only)."""
 
     def __init__(self, cls, name: str) -> None:
-        self.cls, self.name, self.seconds, self.calls = cls, name, 0.0, 0
+        self.cls, self.name, self.seconds, self.cpu, self.calls = cls, name, 0.0, 0.0, 0
         self.original = getattr(cls, name)
 
     def __enter__(self):
         timer, original = self, self.original
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 timer.seconds += time.perf_counter() - start
+                timer.cpu += time.thread_time() - cpu
                 timer.calls += 1
 
         setattr(self.cls, self.name, timed)
@@ -127,9 +131,9 @@ def _fit(recipe: str, extra: list[str], steps: int | None, uri: str | None, budg
         t = {name: stack.enter_context(_Timer(*where)) for name, where in timers.items()}
         cli = build_cli(recipe, overrides, quiet=True, **kwargs)
         trainer = cli.trainer
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
         trainer.fit(cli.model, datamodule=cli.datamodule)
-        wall = time.perf_counter() - begin
+        wall, process_cpu = time.perf_counter() - begin, time.process_time() - begin_cpu
     torch.set_num_threads(threads)  # the recipe may set its own
     decay = find_decay_callback(trainer)
     computed = sum(len(h["metrics"]) for h in decay.history)
@@ -150,19 +154,26 @@ def _fit(recipe: str, extra: list[str], steps: int | None, uri: str | None, budg
     end_s = t["end"].seconds + t["final"].seconds
     training = wall - start_s - end_s  # the start and end work (once, off the steps) is accounted apart
     foreground = t["stats"].seconds + t["copy"].seconds
+    foreground_cpu = t["stats"].cpu + t["copy"].cpu
+    training_cpu = process_cpu - sum(t[k].cpu for k in ("start", "params", "end", "final"))
     calls = max(1, len(decay.history))
     return {"params_M": params / 1e6, "steps": trainer.global_step, "shipped_steps": None,
             "step_ms": training / max(1, trainer.global_step) * 1e3, "interval": interval, "calls": len(decay.history),
             "ms_per_call": foreground / calls * 1e3, "writer_ms": background * 1e3,
-            "share": (foreground + background) / training, "training_s": training, "start_s": start_s,
-            "end_s": end_s, "points_computed": computed, "points_logged": points}
+            "share": (foreground + background) / training, "share_cpu": (foreground_cpu + background) / training_cpu,
+            "training_s": training, "start_s": start_s, "end_s": end_s, "points_computed": computed,
+            "points_logged": points}
 
 
 def _shipped_steps(recipe: str, extra: list[str]) -> int:
     """The optimizer steps of the recipe's shipped fit (its own max_epochs / max_steps)."""
+    import torch
+
     from lightning_wd.apps.runner import build_cli
 
+    threads = torch.get_num_threads()
     cli = build_cli(recipe, ["--trainer.enable_progress_bar", "false", *extra], quiet=True, logger=False)
+    torch.set_num_threads(threads)  # the recipe may set its own: not for the next recipes
     trainer = cli.trainer
     cli.datamodule.setup("fit")
     per_epoch = len(cli.datamodule.train_dataloader()) // max(1, trainer.accumulate_grad_batches)
@@ -190,8 +201,8 @@ def run(recipes: tuple[str, ...] | None = None, steps: int | None = None, backen
                     uri = {"none": None, "sqlite": f"sqlite:///{folder / 'mlflow.db'}", "server": url}[backend]
                     print(f"   {label} / {backend} ({n or shipped} of {shipped} steps) ...", flush=True)
                     row = _fit(recipe, extra, n, uri, budget_s)
-                    if n is None and row["steps"] < shipped:
-                        n = row["steps"]  # cut by the time budget: the other backends run as many steps
+                    if n is None:  # the first fit ran under the time budget: the others run as many steps
+                        n = row["steps"]
                     rows.append({"recipe": label, "logger": backend, **row, "shipped_steps": shipped})
         finally:
             os.chdir(previous)
