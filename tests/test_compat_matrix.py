@@ -186,15 +186,40 @@ def test_fit_after_lr_find_equals_the_reference_at_the_found_lr(tmp_path):
     assert_same_log(watch, plain, ignore=("lr", "initial_lr"))  # the suggestion may differ, the structure not
 
 
-@pytest.mark.xfail(strict=True, reason="WeightDecay sets up in on_fit_start, after LearningRateFinder's on_fit_start "
-                   "has run the search: the search trains the user's optimizer undecorated")
 def test_lr_find_searches_with_the_decay(tmp_path):
     """The search runs inside LearningRateFinder's on_fit_start, before WeightDecay's: its losses must still be
-    those of the decayed training (as on param_groups), not of the user's optimizer undecorated."""
+    those of the decayed training (as on param_groups), not of the user's optimizer undecorated (it was, before
+    WeightDecay built itself at the search's on_train_start)."""
     _, finder = lr_find(user_at_lr, [wd(strength=S)], tmp_path)
     _, ref_finder = lr_find(reference_at_lr, [], tmp_path)
     assert finder.results["lr"] == ref_finder.results["lr"]
     assert finder.results["loss"] == ref_finder.results["loss"]
+
+
+class SizedClassifier(Classifier):
+    """A Classifier whose train loader follows ``self.batch_size`` (what BatchSizeFinder scales)."""
+
+    def __init__(self, make) -> None:
+        super().__init__(make)
+        self.batch_size = 4
+
+    def train_dataloader(self):
+        return loader(64, batch_size=self.batch_size)
+
+
+def test_batch_size_search_with_the_decay_then_the_same_fit_as_the_reference(tmp_path, caplog):
+    """BatchSizeFinder's trials run before WeightDecay's on_fit_start too: they train with the decay, the fit
+    after them starts from step 0 (the search's steps not counted) and ends as on param_groups; the audit
+    is shown once."""
+    got, ref = SizedClassifier(user_at_lr), SizedClassifier(reference_at_lr)
+    decay = wd(strength=S, print_audit=True)
+    caplog.set_level("INFO")
+    trainer([decay, pl_callbacks.BatchSizeFinder(max_trials=2)], max_epochs=1, default_root_dir=tmp_path).fit(got)
+    trainer([pl_callbacks.BatchSizeFinder(max_trials=2)], max_epochs=1, default_root_dir=tmp_path).fit(ref)
+    assert got.batch_size == ref.batch_size == 4  # tried 2, then 4 (init_val 2, two trials)
+    assert decay.steps == [64 // 4]
+    assert_same_weights(got, ref)
+    assert caplog.text.count("grouping:") == 1
 
 
 # -- Lightning's demo models, unchanged (their data built offline) ------------------------------------------

@@ -22,6 +22,7 @@ from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is
 from lightning_wd.core.rules import GroupingRules
 from lightning_wd.core.schedules import SCHEDULES, StrengthSchedule
 from lightning_wd.core.schemes import Scheme, get_scheme
+from lightning_wd.core.searches import decay_searches_too, restore_searches
 from lightning_wd.core.stats import decay_stats, needs_all_ranks
 from lightning_wd.core.validation import check_bool, check_choice, check_fraction, check_int, check_strength
 
@@ -200,6 +201,7 @@ class WeightDecay(Callback):
         self.plan: GroupPlan | None = None
         self.history: list[dict] = []
         self._loaded: dict = {}
+        self._shown_audit: str | None = None
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
@@ -253,7 +255,16 @@ class WeightDecay(Callback):
 
     # ------------------------------------------------------------------ fit start
     @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # a learning-rate or batch-size search trains the decayed model too
+            self._shown_audit = None
+            decay_searches_too(trainer, self.on_fit_start)
+
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        restore_searches(trainer)
+        if self.decays:  # set up for a search that ran before this hook (core/searches.py): set up afresh
+            self._uninstall()
         check_strategy(trainer, pl_module)  # one line naming a strategy not proven correct, and what works
         track_flat_shards(trainer)  # FSDP1: each tensor a flat piece of itself; its original shape and offset
         self._reset_runtime()
@@ -344,8 +355,10 @@ class WeightDecay(Callback):
                 )
 
     def _announce(self, trainer: Trainer) -> None:
-        if self.print_audit:
-            rank_zero_info(f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}")
+        shown = f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}"
+        if self.print_audit and shown != self._shown_audit:  # once per fit, searches included
+            self._shown_audit = shown
+            rank_zero_info(shown)
         if not self._active:
             return
         if self.strength is None and not self._applied:

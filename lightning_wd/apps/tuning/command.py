@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from lightning_wd.apps.errors import OneLineParser, TuneError, UsageError, debug_enabled, report_error
+from lightning_wd.apps.tuning.ddp_ranks import following_a_trial
 from lightning_wd.apps.tuning.storage import DEFAULT_STORAGE
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import DEFAULT_TRACKING_URI
@@ -138,11 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     debug = debug_enabled()
-    if os.environ.get("LIGHTNING_WD_TRIAL"):  # objective.TRIAL_ENV: a rank that strategy ddp re-ran for a trial
+    if following_a_trial():  # a rank that strategy ddp re-ran for a trial: its fit, then done
         from lightning_wd.apps.tuning.objective import follow_trial
 
-        if follow_trial():
-            return 0
+        follow_trial()
+        return 0
     try:
         args, extra = parser.parse_known_args(argv)
         options = vars(args)

@@ -31,7 +31,6 @@ attribute ``fail_reason`` and the study goes on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lightning_wd.apps.errors import TuneError
+from lightning_wd.apps.tuning.ddp_ranks import TRIAL_ENV, following_a_trial, ranks_follow
 from lightning_wd.apps.tuning.recipe import trial_recipe
 from lightning_wd.apps.tuning.space import SPARSITY_KEY
 
@@ -55,10 +55,6 @@ ATTR_LAST = "last_value"
 TRIAL_TRAINER_DEFAULTS = {"enable_progress_bar": False, "enable_model_summary": False}
 ATTR_PRUNED = "pruned_at_round"
 ATTR_REASON = "fail_reason"
-#: the trial a re-launched ``ddp`` rank follows (JSON), set by rank 0 for the length of the trial's fit
-TRIAL_ENV = "LIGHTNING_WD_TRIAL"
-#: what Lightning's ``ddp`` launcher sets in rank 0's environment; restored after each trial
-_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", TRIAL_ENV)
 
 
 class NonFiniteTrial(RuntimeError):
@@ -303,7 +299,7 @@ class Objective:
                 "tracking_uri": self.record.uri, "experiment": self.record.experiment, "run_id": run_id,
                 "metric": self.settings.metric, "report": monitor.report, "trial": trial.number}
         try:
-            with _ranks_follow(trainer, spec):
+            with ranks_follow(trainer, spec):
                 trainer.fit(cli.model, datamodule=cli.datamodule)
         except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown
             raise KeyboardInterrupt(f"fit interrupted (exit {exit_.code})") from None
@@ -334,39 +330,6 @@ class Objective:
         return values
 
 
-@contextlib.contextmanager
-def _ranks_follow(trainer: Any, spec: Mapping[str, Any]):
-    """Around a trial's fit on strategy ``ddp``: the re-launched ranks find the trial in ``TRIAL_ENV``;
-    afterwards they are waited for, the process group is ended and the launcher's variables are restored
-    (``LOCAL_RANK`` left set would make the next trial believe its ranks were started externally)."""
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-
-    launcher = trainer.strategy.launcher
-    if not isinstance(launcher, _SubprocessScriptLauncher):
-        yield
-        return
-    saved = {name: os.environ.get(name) for name in _LAUNCH_ENV}
-    os.environ[TRIAL_ENV] = json.dumps(spec, default=str)
-    try:
-        yield
-    finally:
-        for process in getattr(launcher, "procs", ()):
-            try:
-                process.wait(timeout=120)
-            except Exception:  # a rank that does not end: do not leave it behind
-                process.kill()
-                process.wait(timeout=10)
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def follow_trial() -> bool:
     """In a rank that Lightning's ``ddp`` launcher re-ran for a trial: run that trial's fit, return True.
 
@@ -374,10 +337,9 @@ def follow_trial() -> bool:
     recipe and overrides, same seed), logging to the trial's MLflow child run through rank zero only; the
     monitor takes its pruning and stopping decisions from rank 0 (broadcast), so every rank stops together.
     """
-    text = os.environ.get(TRIAL_ENV)
-    if not text or os.environ.get("LOCAL_RANK", "0") in ("", "0"):
+    if not following_a_trial():
         return False
-    spec = json.loads(text)
+    spec = json.loads(os.environ[TRIAL_ENV])
     from lightning_wd import tracking
 
     monitor = TrialMonitor(None, spec["metric"], report=bool(spec["report"]))

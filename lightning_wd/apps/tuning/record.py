@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StudyRecord", "end_stale_run", "process_tag", "process_alive"]
+__all__ = ["StudyRecord", "checked_tracking_uri", "end_stale_run", "process_tag", "process_alive"]
 
 KIND_TAG = "lightning_wd.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -93,6 +93,30 @@ def process_alive(tag: str) -> bool:
     return not ticks or _start_ticks(int(pid)) in ("", ticks)
 
 
+def checked_tracking_uri(tracking_uri: str | None) -> str:
+    """The study's MLflow store as an absolute URI, checked (reachable, MLflow, known scheme); absolute because
+    MLflow caches stores by URI, so a relative one would follow the first working directory.
+
+    Raises:
+        TuneError: the store cannot be used (one line).
+
+    Example:
+        >>> checked_tracking_uri("bogus://x")
+        Traceback (most recent call last):
+        ...
+        lightning_wd.apps.errors.TuneError: --tracking-uri: ...
+    """
+    from lightning_wd.apps.errors import TuneError
+    from lightning_wd.tracking import uris
+
+    uri = uris.absolute_sqlite_uri(uris.resolve_tracking_uri(tracking_uri))
+    try:
+        uris.check_tracking_uri(uri)
+    except uris.TrackingUnavailable as error:
+        raise TuneError(f"--tracking-uri: {error}") from None
+    return uri
+
+
 class StudyRecord:
     """Parent and child MLflow runs of one invocation of a study.
 
@@ -103,27 +127,22 @@ class StudyRecord:
         parent_run_id: an existing parent run (workers spawned by ``--workers``): not created, not ended here.
         scheme: the recipe's scheme, in the trial run names when the space does not sample one.
         seed: the trials' ``seed_everything``, in the trial run names.
+        checked: ``tracking_uri`` is already the result of :func:`checked_tracking_uri` (not checked again).
 
     Raises:
         TuneError: the tracking store cannot be used.
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str, study_name: str,
-                 parent_run_id: str | None = None, scheme: str | None = None, seed: Any = None) -> None:
+                 parent_run_id: str | None = None, scheme: str | None = None, seed: Any = None,
+                 checked: bool = False) -> None:
         from mlflow import MlflowClient
 
         from lightning_wd.apps.errors import TuneError
         from lightning_wd.tracking import uris
-
-        uri = uris.resolve_tracking_uri(tracking_uri)
-        try:
-            uris.check_tracking_uri(uri)
-        except uris.TrackingUnavailable as error:
-            raise TuneError(str(error)) from None
         from lightning_wd.tracking.store import prepare_store
 
-        # absolute: MLflow caches stores by URI, so a relative one would follow the first working directory
-        self.uri = uris.absolute_sqlite_uri(uri)
+        self.uri = tracking_uri if checked and tracking_uri else checked_tracking_uri(tracking_uri)
         try:
             prepare_store(self.uri)  # a fresh SQLite store: created and migrated once, under a file lock
         except uris.TrackingUnavailable as error:

@@ -309,22 +309,6 @@ def tune(config: str | os.PathLike | Mapping | Settings, n_trials: int | None = 
     return _run(Settings.resolve(config, n_trials=n_trials, **options))
 
 
-def _checked_tracking_uri(tracking_uri: str | None) -> str:
-    """The study's MLflow store as an absolute URI, checked (reachable, MLflow, known scheme).
-
-    Raises:
-        TuneError: the store cannot be used (one line).
-    """
-    from lightning_wd.tracking import uris
-
-    uri = uris.absolute_sqlite_uri(uris.resolve_tracking_uri(tracking_uri))
-    try:
-        uris.check_tracking_uri(uri)
-    except uris.TrackingUnavailable as error:
-        raise TuneError(f"--tracking-uri: {error}") from None
-    return uri
-
-
 IDENTITY_ATTR = "settings"
 
 
@@ -353,7 +337,7 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
     import optuna
 
     from lightning_wd.apps.tuning.objective import NonFiniteTrial, Objective
-    from lightning_wd.apps.tuning.record import StudyRecord
+    from lightning_wd.apps.tuning.record import StudyRecord, checked_tracking_uri
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one summary line per trial instead
@@ -366,11 +350,11 @@ def _run(settings: Settings, worker: int = 0, parent_run_id: str | None = None) 
             objective.check()  # recipe and overrides: fail before any study or run is created
         # every argument is checked before anything is created: the tracking store, then the study's storage,
         # then the MLflow experiment and parent run
-        tracking_uri = _checked_tracking_uri(settings.tracking_uri) if worker == 0 else settings.tracking_uri
+        tracking_uri = checked_tracking_uri(settings.tracking_uri) if worker == 0 else settings.tracking_uri
         the_storage = storage_mod.open_storage(settings.storage, settings.heartbeat_interval,
                                                settings.grace_period, tracking_uri)
         record = objective.record = StudyRecord(
-            tracking_uri, settings.experiment, settings.study_name, parent_run_id,
+            tracking_uri, settings.experiment, settings.study_name, parent_run_id, checked=worker == 0,
             scheme=settings.space.schemes[0], seed=settings.recipe.get("seed_everything", settings.seed))
         study = optuna.create_study(
             study_name=settings.study_name, storage=the_storage, sampler=make_sampler(settings, worker),
