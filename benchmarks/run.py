@@ -43,7 +43,7 @@ SECTIONS = {
                 "groups", "no target stated; README quotes these ratios", 30),
     "logging_cost": ("8. The evidence end to end: wd/* statistics computed and logged through the real logger, per "
                      "recipe (no logger, MLflow SQLite, MLflow server on loopback)",
-                     "share <= 1 % at the default interval; points_logged == points_computed", 420),
+                     "share <= 1 % at the default interval; points_logged == points_computed", 600),
     "gpu_fused": ("9. GPU (CUDA, fused AdamW, float32 and bfloat16): self-applied schemes vs fused native decay",
                   "step_vs_native <= 1.10; not measured where no GPU is lent (the row says so)", 5),
     "diagnostics_cost": ("10. Equilibrium diagnostics (ratios, angle, equilibrium, stable rank): share of training "
