@@ -88,10 +88,14 @@ class WeightDecay(Callback):
         zero_tolerance: statistics count ``|w| <= zero_tolerance`` as zero.
         log_every_n_steps: statistics interval in optimizer steps. Default (None): the Trainer's
             ``log_every_n_steps``, doubled (so that the statistics stay on steps Lightning logs too) while one
-            statistics call (computing and logging, timed on each call after the first) would cost more than
-            :data:`STATS_BUDGET` (0.5 %) of the training steps' time over the interval (the median cost of
-            the last five calls, the first one left out); the interval only grows, and each change is
-            announced. Sharded tensors (FSDP2) keep the Trainer's interval (every rank must agree).
+            statistics call would cost more than :data:`STATS_BUDGET` (0.5 %) of the training steps' time over
+            the interval (the median cost of the last five calls, the first one left out). A call's cost is
+            the training thread's time computing and logging it (the diagnostics' copy on the step before
+            included) plus, for a logger that writes from a background thread and says what a point costs
+            it (``background_seconds_per_point``, e.g. ``BufferedMLFlowLogger``), that thread's time for the
+            call's points. The interval only grows (up to the fit's length: then only the end of training
+            is logged), and each change is announced. Sharded tensors (FSDP2)
+            keep the Trainer's interval (every rank must agree).
             The statistics are also logged once at the end of training (rank zero only; each entry goes to
             ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
@@ -224,6 +228,7 @@ class WeightDecay(Callback):
         self._total_steps: float | None = None
         self._every_factor = 1
         self._stats_seconds = 0.0  # computing and logging the statistics, on the training thread
+        self._snapshot_seconds = 0.0  # the diagnostics' copies since the last statistics call
         self._stats_calls = 0
         self._recent_costs: list[float] = []  # of the last calls (their median is what a call costs)
         self._step_seconds = 0.0  # the training batches (between on_train_batch_start and _end)
@@ -461,7 +466,9 @@ class WeightDecay(Callback):
         if not self._diagnostics.due(trainer.global_step, self._interval(trainer), self._total_steps):
             return
         if trainer.is_global_zero or needs_all_ranks(self.decays):
+            start = time.perf_counter()
             self._diagnostics.snapshot([d for d in self.decays if d.optimizer is optimizer], trainer.global_step)
+            self._snapshot_seconds += time.perf_counter() - start  # part of the next statistics call's cost
 
     def _log_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
@@ -476,11 +483,13 @@ class WeightDecay(Callback):
         self.history.append({"step": step, "epoch": self._last_epoch, "metrics": dict(stats)})
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)  # one call per interval; the tracking logger batches it
-        cost = time.perf_counter() - start
+        cost = time.perf_counter() - start + self._snapshot_seconds
+        self._snapshot_seconds = 0.0
         self._stats_seconds += cost
         self._stats_calls += 1
+        background = sum(getattr(logger, "background_seconds_per_point", None) or 0.0 for logger in trainer.loggers)
         if self._stats_calls > 1:  # the first call warms up
-            self._recent_costs = [*self._recent_costs[-4:], cost]
+            self._recent_costs = [*self._recent_costs[-4:], cost + background * len(stats)]
         if self.log_every_n_steps is None and self._recent_costs and self._fitting:
             self._adapt_interval(trainer, sorted(self._recent_costs)[len(self._recent_costs) // 2])
 
@@ -490,13 +499,17 @@ class WeightDecay(Callback):
 
     def _adapt_interval(self, trainer: Trainer, cost: float) -> None:
         """Double the default interval while one statistics call (``cost``: the median of the last five, the
-        first call left out) exceeds STATS_BUDGET of its steps' time."""
+        first call left out, a background logger's time for its points included) exceeds STATS_BUDGET of its
+        steps' time; at most up to the fit's steps (the steps done so far when the fit's length is unknown):
+        beyond, only the end of training is logged."""
         steps = max(1, trainer.global_step)
         per_step = self._step_seconds / steps
         if per_step <= 0 or needs_all_ranks(self.decays):
             return
+        total = self._total_steps
+        limit = total if total is not None and 0 < total < float("inf") else steps
         before = self._interval(trainer)
-        while cost > STATS_BUDGET * self._interval(trainer) * per_step and self._interval(trainer) < steps:
+        while cost > STATS_BUDGET * self._interval(trainer) * per_step and self._interval(trainer) < limit:
             self._every_factor *= 2
         if self._interval(trainer) != before:
             rank_zero_info(
@@ -507,7 +520,8 @@ class WeightDecay(Callback):
 
     @property
     def stats_seconds(self) -> float:
-        """Seconds the training thread spent computing and logging statistics in this fit."""
+        """Seconds the training thread spent computing and logging statistics in this fit (the diagnostics' copies
+        on the steps before included)."""
         return self._stats_seconds
 
     @override
