@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -176,7 +177,8 @@ def fit_all(out: str, strategy: str, steps_per_epoch: int) -> None:
         assert "step" not in t.optimizers[0].__dict__
         assert bool(cb.history) == (rank == 0)
         results[name] = {"weights": weights, "stats": cb.history[-1]["metrics"] if cb.history else {},
-                         "logged_steps": [h["step"] for h in cb.history]}
+                         "logged_steps": [h["step"] for h in cb.history],
+                         "fused_tensors": sum(d.fused.count for d in cb.decays)}
     if rank == 0:
         torch.save(results, f"{out}/{strategy}.pt")
 
@@ -245,6 +247,10 @@ def timing(out: str, strategy: str, steps_per_epoch: int) -> None:
 if __name__ == "__main__":  # process-wide settings only when run as the worker (pytest also imports this file)
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
+    if os.environ.get("FUSED_MIN_NUMEL"):  # the fused step on this net's small tensors too (tests/test_fused_step.py)
+        from lightning_wd.core.fused import path as fused_path
+
+        fused_path.MIN_NUMEL = int(os.environ["FUSED_MIN_NUMEL"])
     out, strategy, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     steps = int(args[args.index("--steps-per-epoch") + 1]) if "--steps-per-epoch" in args else 10
     if "--resume" in args:

@@ -89,3 +89,28 @@ def test_render_keeps_sections_written_by_hand(tmp_path):
     assert "## Multi-process: written by hand\n\n| a |" in text
     run._render({}, out)  # rendering again keeps it once
     assert out.read_text().count("## Multi-process: written by hand") == 1
+
+
+def test_tuning_landscape_flags_flat_and_edge_peaks_and_counts_epochs_to_target():
+    """The tuning benchmark's verdicts can fail: a flat grid, or a best at an edge, is not called peaked; the
+    epochs to the target stop at the first complete trial that reaches it, pruned trials counted whole."""
+    from types import SimpleNamespace
+
+    tuning = importlib.import_module("benchmarks.tuning_efficiency")
+    peaked = tuning.landscape({1e-4: [0.83, 0.84], 1e-2: [0.86, 0.87], 1e-1: [0.82, 0.83]})
+    assert peaked["interior"] and peaked["best_at"] == 1e-2
+    assert peaked["spread_sd"] == pytest.approx((0.865 - 0.825) / (0.5 ** 0.5 * 0.01))
+    assert peaked["spread_sd"] >= 5
+    edge = tuning.landscape({1e-4: [0.90, 0.91], 1e-2: [0.86, 0.87], 1e-1: [0.82, 0.83]})
+    assert not edge["interior"]
+    flat = tuning.landscape({1e-4: [0.30, 0.31], 1e-2: [0.31, 0.30], 1e-1: [0.30, 0.32]})
+    assert flat["spread_sd"] < 5
+
+    def trial(number, state, value, rounds):
+        return SimpleNamespace(number=number, state=SimpleNamespace(name=state), value=value,
+                               intermediate_values=dict.fromkeys(range(rounds), 0.0))
+
+    study = SimpleNamespace(trials=[trial(2, "COMPLETE", 0.9, 40), trial(0, "COMPLETE", 0.8, 40),
+                                    trial(1, "PRUNED", None, 11), trial(3, "FAIL", None, 3)])
+    assert tuning.spent_to(study, 0.85) == 91
+    assert tuning.spent_to(study, 0.95) is None

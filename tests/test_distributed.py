@@ -151,3 +151,25 @@ def test_like_keeps_plain_tensors_as_before():
     param = torch.zeros(2, 3, dtype=torch.float64)
     value = like(torch.ones(2, 3, dtype=torch.float32), param)
     assert value.dtype == torch.float64 and torch.equal(value, torch.ones(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_fused_step_on_two_ranks_equals_one_process(strategy, single, tmp_path, monkeypatch):
+    # Every tensor takes the fused step where it can (FUSED_MIN_NUMEL=1): on DDP the fused kernel runs on each
+    # rank's full tensors, under FSDP2 the DTensor shards take the general path; both equal one process (general).
+    monkeypatch.setenv("FUSED_MIN_NUMEL", "1")
+    run_worker(tmp_path, strategy)
+    got = torch.load(tmp_path / f"{strategy}.pt")
+    for name, reference in single.items():
+        fused = got[name]["fused_tensors"]
+        assert fused == (0 if strategy == "fsdp2" or name not in FUSABLE else 6), name
+        for key, tensor in reference["weights"].items():
+            assert relative(tensor, got[name]["weights"][key]) <= 1e-12, (name, key)
+            assert torch.equal(tensor == 0, got[name]["weights"][key] == 0), (name, key)
+
+
+# configs whose scheme has a fused form on their optimizer (l2 and elastic_net: SGD with momentum; the LayerNorm
+# is not decayed, so no group is native)
+FUSABLE = ("decoupled", "decoupled_cosine", "l1", "l2_sp", "cautious", "l2", "elastic_net")

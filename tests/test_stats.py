@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("float64")
 @pytest.fixture
 def fit(quiet_trainer, tiny_loader):
     """``fit(callback, epochs=3, logger=False, **trainer_options) -> (model, trainer)``: 6 steps an epoch."""
-    def fit(cb: WeightDecay, epochs: int = 3, logger=False, **kwargs) -> tuple[Net, L.Trainer]:
-        trainer = quiet_trainer([cb], max_epochs=epochs, logger=logger, **kwargs)
+    def fit(cb: WeightDecay, epochs: int = 3, logger=False, callbacks=(), **kwargs) -> tuple[Net, L.Trainer]:
+        trainer = quiet_trainer([cb, *callbacks], max_epochs=epochs, logger=logger, **kwargs)
         model = Net(hidden=16)
         trainer.fit(model, tiny_loader)
         return model, trainer
@@ -105,13 +105,55 @@ def test_default_interval_doubles_while_statistics_cost_too_much(fit, monkeypatc
     cb = WeightDecay(strength=0.1, print_audit=False)
     with caplog.at_level("INFO"):
         fit(cb, log_every_n_steps=2)
-    # the first call is not judged (warm-up); then the interval doubles, up to the steps done so far
-    assert [h["step"] for h in cb.history] == [2, 4, 8, 16, 18]
-    assert "WeightDecay: statistics every 4 steps instead of 2 (one call takes" in caplog.text
+    # the first call is not judged (warm-up); then the interval doubles up to the fit's 18 steps: only the end
+    assert [h["step"] for h in cb.history] == [2, 4, 18]
+    assert "WeightDecay: statistics every 32 steps instead of 2 (one call takes" in caplog.text
     assert cb.stats_seconds > 0
     explicit = WeightDecay(strength=0.1, log_every_n_steps=2, print_audit=False)
     fit(explicit, log_every_n_steps=50)  # an explicit interval is kept exactly
     assert [h["step"] for h in explicit.history] == list(range(2, 19, 2))
+
+
+class _StopAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        trainer.should_stop = trainer.global_step >= self.step
+
+
+def test_interval_grows_up_to_the_steps_done_when_the_fit_length_is_unknown(fit, monkeypatch):
+    monkeypatch.setattr(callback_module, "STATS_BUDGET", 1e-12)
+    cb = WeightDecay(strength=0.1, print_audit=False)
+    fit(cb, epochs=-1, max_steps=-1, log_every_n_steps=2, callbacks=[_StopAt(18)])
+    assert cb._total_steps == float("inf")
+    assert [h["step"] for h in cb.history] == [2, 4, 8, 16, 18]
+
+
+class _Background(L.pytorch.loggers.Logger):
+    """A logger whose points cost ``seconds`` each on a background thread (as ``BufferedMLFlowLogger`` says)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__()
+        self.background_seconds_per_point, self.points = seconds, 0
+
+    name, version = "background", "0"
+
+    def log_metrics(self, metrics, step=None):
+        self.points += sum(key.startswith("wd/") for key in metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize(("seconds", "steps"), [(None, [2, 4, 6, 8, 10, 12, 14, 16, 18]), (10.0, [2, 4, 18])])
+def test_a_background_loggers_cost_per_point_counts_toward_the_interval(fit, monkeypatch, seconds, steps):
+    monkeypatch.setattr(callback_module, "STATS_BUDGET", 1.0)  # the training thread's own cost is far under it
+    cb = WeightDecay(strength=0.1, print_audit=False, diagnostics=False, per_layer_stats=False)
+    logger = _Background(seconds)
+    fit(cb, logger=logger, log_every_n_steps=2)
+    assert [h["step"] for h in cb.history] == steps
+    assert logger.points == sum(len(h["metrics"]) for h in cb.history)
 
 
 def test_zero_tolerance_counts_small_weights_as_zero(fit):

@@ -264,3 +264,27 @@ def test_stale_parent_run_of_a_killed_study_is_closed_by_the_next_invocation(mlf
     assert client.get_run(alive.parent_run_id).info.status == "RUNNING"
     alive.finish("FINISHED")
 
+
+
+# -- the logger's own work on the training thread --------------------------------------------------------------
+def test_names_are_prefixed_and_cleaned_once_and_the_writer_starts_with_the_run(tmp_path, mlflow_sqlite):
+    from mlflow import MlflowClient
+
+    from lightning_wd.tracking.buffered import BufferedMLFlowLogger
+
+    logger = BufferedMLFlowLogger(experiment_name="keys", tracking_uri=mlflow_sqlite, prefix="fit",
+                                  spill_dir=tmp_path)
+    logger.log_hyperparams({"a": 1})
+    assert logger._writer is not None  # started at fit start, not by the first metrics
+    with pytest.warns(RuntimeWarning, match=r"'fit-wd/x\(1\)' is logged as 'fit-wd/x1'"):
+        logger.log_metrics({"wd/x(1)": 1.0, "wd/y": 2.0, "note": "text"}, step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cleaned name is cached: no second warning
+        logger.log_metrics({"wd/x(1)": 3.0, "wd/y": 4.0}, step=2)
+    assert logger.points_logged == 4
+    logger.finalize("success")
+    client = MlflowClient(mlflow_sqlite)
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(logger.run_id, k)]
+               for k in ("fit-wd/x1", "fit-wd/y")}
+    assert history == {"fit-wd/x1": [(1, 1.0), (2, 3.0)], "fit-wd/y": [(1, 2.0), (2, 4.0)]}
+    assert logger.points_sent == 4 and logger.points_unsent == 0

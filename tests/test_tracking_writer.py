@@ -63,6 +63,31 @@ def test_many_small_puts_become_few_writes():
     assert len(store.points) == 2000 and len(store.batches) <= 4
 
 
+def test_the_first_send_comes_early_then_one_per_period():
+    store = Store()
+    writer = MetricWriter(store, "r", period=30.0, first_period=0.05)
+    assert writer.period == 30.0 and writer.seconds_per_point is None
+    writer.put(_points(10))
+    deadline = time.monotonic() + 20
+    while not store.batches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [len(b) for b in store.batches] == [10]  # after first_period, not period
+    assert writer.seconds_per_point == pytest.approx(writer.cpu_seconds / 10) and writer.seconds_per_point > 0
+    for i in range(50):  # 50 more statistics calls within the period: buffered, then one write at close
+        writer.put(_points(10, 10 + 10 * i))
+    time.sleep(0.2)
+    assert len(store.batches) == 1 and writer.pending == 500
+    writer.close()
+    assert [len(b) for b in store.batches] == [10, 500] and writer.sent == writer.put_count == 510
+    assert [m.step for m in store.points] == list(range(510))
+
+
+def test_periods_are_validated():
+    for name in ("period", "first_period"):
+        with pytest.raises(ValueError, match=rf"`{name}` must be a number of seconds > 0, got 0"):
+            MetricWriter(Store(), "r", **{name: 0})
+
+
 def test_points_are_kept_while_the_store_is_down_and_sent_when_it_returns():
     store = Store()
     store.down.set()

@@ -13,9 +13,10 @@ from typing_extensions import override
 
 from lightning_wd.core.audit import GroupPlan
 from lightning_wd.core.coupling import LR_COUPLINGS
-from lightning_wd.core.decay_step import OptimizerDecay
+from lightning_wd.core.decay_step import OptimizerDecay, refuse_scaled_fused
 from lightning_wd.core.diagnostics import Diagnostics
 from lightning_wd.core.distributed import check_strategy, track_flat_shards
+from lightning_wd.core.fused import check_fused
 from lightning_wd.core.planning import Planner
 from lightning_wd.core.resume import ResumeMismatchError, difference
 from lightning_wd.core.retrofit import decay_kind, expand_schedulers, regroup_is_safe, split_groups
@@ -87,10 +88,14 @@ class WeightDecay(Callback):
         zero_tolerance: statistics count ``|w| <= zero_tolerance`` as zero.
         log_every_n_steps: statistics interval in optimizer steps. Default (None): the Trainer's
             ``log_every_n_steps``, doubled (so that the statistics stay on steps Lightning logs too) while one
-            statistics call (computing and logging, timed on each call after the first) would cost more than
-            :data:`STATS_BUDGET` (0.5 %) of the training steps' time over the interval (the median cost of
-            the last five calls, the first one left out); the interval only grows, and each change is
-            announced. Sharded tensors (FSDP2) keep the Trainer's interval (every rank must agree).
+            statistics call would cost more than :data:`STATS_BUDGET` (0.5 %) of the training steps' time over
+            the interval (the median cost of the last five calls, the first one left out). A call's cost is
+            the training thread's time computing and logging it (the diagnostics' copy on the step before
+            included) plus, for a logger that writes from a background thread and says what a point costs
+            it (``background_seconds_per_point``, e.g. ``BufferedMLFlowLogger``), that thread's time for the
+            call's points. The interval only grows (up to the fit's length: then only the end of training
+            is logged), and each change is announced. Sharded tensors (FSDP2)
+            keep the Trainer's interval (every rank must agree).
             The statistics are also logged once at the end of training (rank zero only; each entry goes to
             ``history``).
         per_layer_stats: also log ``wd/nonzero_fraction/<tensor>`` and ``wd/weight_norm/<tensor>``.
@@ -101,6 +106,12 @@ class WeightDecay(Callback):
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
         split_groups: split the optimizer's groups so that it decays natively (changes the groups; opt-in).
+        fused: ``"auto"`` (default): with ``torch.optim.Adam``/``AdamW``/``SGD`` (with momentum) and a self-applied
+            ``decoupled``, ``l2``, ``l1``, ``elastic_net``, ``l2_sp`` or ``cautious``, tensors of 2^18 elements and
+            more take one compiled update that does the optimizer's step and the decay together
+            (:mod:`lightning_wd.core.fused`; compiled once at fit start; same results and optimizer state as the
+            general path); True: the same, and warn about the tensors that cannot; False: the general path only.
+            The audit says which path each group took and why.
 
     Raises:
         ValueError: an argument out of range, with its name and the allowed values.
@@ -138,8 +149,10 @@ class WeightDecay(Callback):
         print_audit: bool = True,
         native: bool = True,
         split_groups: bool = False,
+        fused: bool | str = "auto",
     ) -> None:
         check_fraction(l1_ratio, "l1_ratio")
+        self.fused = check_fused(fused)
         for argument, value in (("per_layer_stats", per_layer_stats), ("diagnostics", diagnostics),
                                 ("print_audit", print_audit),
                                 ("native", native), ("split_groups", split_groups)):
@@ -215,6 +228,7 @@ class WeightDecay(Callback):
         self._total_steps: float | None = None
         self._every_factor = 1
         self._stats_seconds = 0.0  # computing and logging the statistics, on the training thread
+        self._snapshot_seconds = 0.0  # the diagnostics' copies since the last statistics call
         self._stats_calls = 0
         self._recent_costs: list[float] = []  # of the last calls (their median is what a call costs)
         self._step_seconds = 0.0  # the training batches (between on_train_batch_start and _end)
@@ -297,7 +311,7 @@ class WeightDecay(Callback):
                 coupling=self.lr_coupling, native=self.native, per_group_strength=self.strength is None,
                 lr_max_of=lambda group: float(group.get("max_lr", 0.0)),
                 group_scale=self._planner.timescale(trainer) if self.timescale_epochs else None,
-                coupling_of=self._planner.coupling_of,
+                coupling_of=self._planner.coupling_of, fused=self.fused,
             ) if self._active else None
             if decay is None:
                 continue
@@ -312,7 +326,7 @@ class WeightDecay(Callback):
                 reference = torch.load(reference, map_location="cpu", weights_only=True)
             for decay in self.decays:
                 decay.load_persistent_state("reference", reference)
-        self._refuse_scaled_fused(trainer)
+        refuse_scaled_fused(trainer, self.decays, self.scheme)
         self.plan = self._planner.shown_plan(self.decays, trainer.optimizers)
         self._applied = self._planner.applied_strength(self.decays)
         self._announce(trainer)
@@ -335,22 +349,10 @@ class WeightDecay(Callback):
         key = self._planner.key
         expand_schedulers(schedulers, optimizer, split_groups(optimizer, key, self._planner.order))
 
-    def _refuse_scaled_fused(self, trainer: Trainer) -> None:
-        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-        if scaler is None:
-            return
-        self_applied = type(self.scheme).after_update is not Scheme.after_update
-        for decay in self.decays:
-            passes = self_applied or any(not b.native for b in decay.buckets)
-            if passes and getattr(decay.optimizer, "_step_supports_amp_scaling", False):
-                raise ValueError(
-                    f"WeightDecay: {type(decay.optimizer).__name__} with fused=True unscales gradients inside step() "
-                    f"under 16-mixed precision, so {self.scheme.name} decay would see scaled gradients; use "
-                    "fused=False or precision='bf16-mixed'"
-                )
-
     def _announce(self, trainer: Trainer) -> None:
-        shown = f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}"
+        paths = "".join(f"\nstep of optimizer {i} {line}" for i, d in enumerate(self.decays)
+                        for line in d.fused.describe())
+        shown = f"WeightDecay ({self.scheme.name}) grouping:\n{self.plan.render()}{paths}"
         if self.print_audit and shown != self._shown_audit:  # once per fit, searches included
             self._shown_audit = shown
             rank_zero_info(shown)
@@ -464,7 +466,9 @@ class WeightDecay(Callback):
         if not self._diagnostics.due(trainer.global_step, self._interval(trainer), self._total_steps):
             return
         if trainer.is_global_zero or needs_all_ranks(self.decays):
+            start = time.perf_counter()
             self._diagnostics.snapshot([d for d in self.decays if d.optimizer is optimizer], trainer.global_step)
+            self._snapshot_seconds += time.perf_counter() - start  # part of the next statistics call's cost
 
     def _log_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
         step = trainer.global_step
@@ -479,11 +483,13 @@ class WeightDecay(Callback):
         self.history.append({"step": step, "epoch": self._last_epoch, "metrics": dict(stats)})
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)  # one call per interval; the tracking logger batches it
-        cost = time.perf_counter() - start
+        cost = time.perf_counter() - start + self._snapshot_seconds
+        self._snapshot_seconds = 0.0
         self._stats_seconds += cost
         self._stats_calls += 1
+        background = sum(getattr(logger, "background_seconds_per_point", None) or 0.0 for logger in trainer.loggers)
         if self._stats_calls > 1:  # the first call warms up
-            self._recent_costs = [*self._recent_costs[-4:], cost]
+            self._recent_costs = [*self._recent_costs[-4:], cost + background * len(stats)]
         if self.log_every_n_steps is None and self._recent_costs and self._fitting:
             self._adapt_interval(trainer, sorted(self._recent_costs)[len(self._recent_costs) // 2])
 
@@ -493,13 +499,17 @@ class WeightDecay(Callback):
 
     def _adapt_interval(self, trainer: Trainer, cost: float) -> None:
         """Double the default interval while one statistics call (``cost``: the median of the last five, the
-        first call left out) exceeds STATS_BUDGET of its steps' time."""
+        first call left out, a background logger's time for its points included) exceeds STATS_BUDGET of its
+        steps' time; at most up to the fit's steps (the steps done so far when the fit's length is unknown):
+        beyond, only the end of training is logged."""
         steps = max(1, trainer.global_step)
         per_step = self._step_seconds / steps
         if per_step <= 0 or needs_all_ranks(self.decays):
             return
+        total = self._total_steps
+        limit = total if total is not None and 0 < total < float("inf") else steps
         before = self._interval(trainer)
-        while cost > STATS_BUDGET * self._interval(trainer) * per_step and self._interval(trainer) < steps:
+        while cost > STATS_BUDGET * self._interval(trainer) * per_step and self._interval(trainer) < limit:
             self._every_factor *= 2
         if self._interval(trainer) != before:
             rank_zero_info(
@@ -510,7 +520,8 @@ class WeightDecay(Callback):
 
     @property
     def stats_seconds(self) -> float:
-        """Seconds the training thread spent computing and logging statistics in this fit."""
+        """Seconds the training thread spent computing and logging statistics in this fit (the diagnostics' copies
+        on the steps before included)."""
         return self._stats_seconds
 
     @override

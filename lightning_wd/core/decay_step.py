@@ -43,11 +43,12 @@ from torch import Tensor
 from lightning_wd.core.coupling import coefficient, decay_rate
 from lightning_wd.core.distributed import full, like
 from lightning_wd.core.flat_shards import grad_of, stepped
+from lightning_wd.core.fused import FusedPath
 from lightning_wd.core.retrofit import decay_kind
 from lightning_wd.core.schedules import StrengthSchedule
 from lightning_wd.core.schemes import Scheme
 
-__all__ = ["Bucket", "OptimizerDecay"]
+__all__ = ["Bucket", "OptimizerDecay", "refuse_scaled_fused"]
 
 #: ``assign(param) -> (decision key, strength multiplier)``; a multiplier of 0 means "does not decay".
 Assign = Callable[[Tensor], tuple[str, float]]
@@ -85,6 +86,11 @@ class OptimizerDecay:
         lr_max_of: ``group -> largest lr of the run`` (``corrected`` coupling; default: the group's lr0).
         group_scale: ``group -> factor`` on the multipliers of the group's tensors (``timescale_epochs``).
         coupling_of: ``param -> coupling`` per tensor (AdamC's per-layer ``corrected``); default: ``coupling``.
+        fused: ``"auto"`` or True: the large tensors of Adam/AdamW/SGD groups take the fused step where the scheme has
+            one (:mod:`lightning_wd.core.fused`; True also warns about the groups that cannot); False (the default
+            here): the general path only.
+        fused_min_numel: smallest tensor that takes the fused step (default
+            :data:`~lightning_wd.core.fused.MIN_NUMEL`).
     """
 
     def __init__(
@@ -100,6 +106,8 @@ class OptimizerDecay:
         lr_max_of: Callable[[dict], float] | None = None,
         group_scale: Callable[[dict], float] | None = None,
         coupling_of: Callable[[Tensor], str] | None = None,
+        fused: str | bool = False,
+        fused_min_numel: int | None = None,
     ) -> None:
         self.optimizer, self.scheme, self.schedule, self.assign = optimizer, scheme, schedule, assign
         self.names = dict(names or {})
@@ -112,6 +120,7 @@ class OptimizerDecay:
         self._original_step = None
         self._user_decay: dict[int, float] = {}
         self._has_after = type(scheme).after_update is not Scheme.after_update
+        self.fused = FusedPath(optimizer, scheme, fused, fused_min_numel)
         self.add_groups()
 
     # ------------------------------------------------------------------ buckets
@@ -122,6 +131,7 @@ class OptimizerDecay:
             new += self._group_buckets(index)
         self._group_count = len(self.optimizer.param_groups)
         self.buckets += new
+        self.fused.add(new)
         return new
 
     def _group_buckets(self, index: int) -> list[Bucket]:
@@ -172,8 +182,9 @@ class OptimizerDecay:
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
-    def before(self) -> None:
-        """After the gradients are final, before the update: native ``weight_decay`` and the passes."""
+    def before(self, fused: bool = True) -> None:
+        """After the gradients are final, before the update: native ``weight_decay``, the passes and the fused
+        updates (whose tensors the optimizer's own step then leaves out, until :meth:`FusedPath.restore`)."""
         if len(self.optimizer.param_groups) != self._group_count:
             self.add_groups()
         groups = self.optimizer.param_groups
@@ -190,8 +201,10 @@ class OptimizerDecay:
                     continue
                 active = stepped(bucket.params)
             else:
-                active = stepped(bucket.params)
+                active, fast = self.fused.split(bucket, stepped(bucket.params), rate) if fused else \
+                    (stepped(bucket.params), [])
                 self.scheme.before_update(active, [grad_of(p) for p in active], rate, strength, bucket.state)
+                self.fused.step(bucket.index, fast, rate, strength, bucket.state)
             bucket.pending = (active, rate, strength)
 
     @torch.no_grad()
@@ -222,6 +235,8 @@ class OptimizerDecay:
     def step(self, original: Callable, closure: Callable | None = None, **kwargs):
         """One optimizer step with the decay: ``before`` after the closure, ``after`` after the update."""
         self._hold_decay()
+        if closure is None and self.fused.active:  # the fused updates run inside the step, after its pre-hooks
+            closure = _no_closure
         try:
             if closure is None:
                 self.before()
@@ -237,9 +252,10 @@ class OptimizerDecay:
                     return result
 
                 output = original(closure=wrapped, **kwargs)
-                if not ran:
-                    self.before()
+                if not ran:  # an optimizer that did not call the closure has stepped every tensor already
+                    self.before(fused=False)
         finally:
+            self.fused.restore()
             self._give_back_decay()
         self.after()
         return output
@@ -295,3 +311,28 @@ class OptimizerDecay:
             if missing:
                 raise ValueError(f"`{argument}` has no tensor for {missing[:3]} (and {len(missing)} in all)")
             bucket.state[key] = [like(values[n], p) for n, p in zip(bucket.names, bucket.params)]
+
+
+def _no_closure() -> None:
+    return None
+
+
+def refuse_scaled_fused(trainer, decays: list[OptimizerDecay], scheme: Scheme) -> None:
+    """Raise where a ``fused=True`` torch optimizer would unscale the gradients inside its step under 16-mixed
+    precision: the decay passes, which run before the step, would see scaled gradients.
+
+    Raises:
+        ValueError: naming the optimizer and what works instead.
+    """
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is None:
+        return
+    self_applied = type(scheme).after_update is not Scheme.after_update
+    for decay in decays:
+        passes = self_applied or any(not b.native for b in decay.buckets)
+        if passes and getattr(decay.optimizer, "_step_supports_amp_scaling", False):
+            raise ValueError(
+                f"WeightDecay: {type(decay.optimizer).__name__} with fused=True unscales gradients inside step() "
+                f"under 16-mixed precision, so {scheme.name} decay would see scaled gradients; use "
+                "fused=False or precision='bf16-mixed'"
+            )

@@ -13,7 +13,7 @@ training thread instead (at its next ``log_metrics``, or at the end).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import time
 import warnings
@@ -21,13 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from lightning_wd.core.messages import one_line
 from lightning_wd.tracking.uris import redact
-from lightning_wd.tracking.writer import MetricWriter, TrackingWriteError
+from lightning_wd.tracking.writer import MetricWriter, TrackingWriteError, append_records
 
 __all__ = ["UNSENT_TAG", "BufferedMLFlowLogger"]
 
@@ -50,6 +51,9 @@ class BufferedMLFlowLogger(MLFlowLogger):
         points_logged: points given to ``log_metrics`` (all fits of this logger).
         points_sent / points_unsent: of those, sent to the store / not sent (spilled or dropped).
         writer_cpu_seconds: thread time the background writer spent (its cost, off the training thread).
+
+    The writer starts with the run (at ``log_hyperparams``, which Lightning calls at fit start), not on the
+    first metrics; metric names are cleaned of the characters MLflow refuses once per name (one warning).
     """
 
     def __init__(self, *args: Any, strict: bool = False, flush_timeout: float = 10.0,
@@ -64,6 +68,7 @@ class BufferedMLFlowLogger(MLFlowLogger):
         self.points_logged = self.points_sent = self.points_unsent = 0
         self.writer_cpu_seconds = 0.0
         self.unsent_file: Path | None = None
+        self._keys: dict[str, str] = {}  # a logged name -> its MLflow name (prefixed, cleaned)
 
     @property
     def where(self) -> str:
@@ -72,15 +77,33 @@ class BufferedMLFlowLogger(MLFlowLogger):
     @override
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if self._writer is None:
-            self._writer = MetricWriter(self.experiment, self.run_id, where=self.where, strict=self.strict,
-                                        spill_dir=self.spill_dir, **self.writer_options)
-        now = int(time.time() * 1000)
-        prefix = f"{self._prefix}{self.LOGGER_JOIN_CHAR}" if self._prefix else ""
-        points = [(_NAME.sub("", prefix + k), float(v), now, step or 0) for k, v in metrics.items()
+        writer = self._writer or self._start_writer()
+        now, step, keys = int(time.time() * 1000), step or 0, self._keys
+        points = [(keys.get(k) or self._key(k), float(v), now, step) for k, v in metrics.items()
                   if not isinstance(v, str)]
         self.points_logged += len(points)
-        self._writer.put(points)
+        writer.put(points)
+
+    def _key(self, name: str) -> str:
+        """``name``'s MLflow name (prefixed as Lightning does, the refused characters removed), cached."""
+        (full,) = _add_prefix({name: 0}, self._prefix, self.LOGGER_JOIN_CHAR)
+        clean = _NAME.sub("", full)
+        if clean != full:
+            rank_zero_warn(f"MLflow allows only '_', '/', '.', ' ' and '-' besides letters and digits in a metric "
+                           f"name: {full!r} is logged as {clean!r}", category=RuntimeWarning)
+        self._keys[name] = clean
+        return clean
+
+    def _start_writer(self) -> MetricWriter:
+        self._writer = MetricWriter(self.experiment, self.run_id, where=self.where, strict=self.strict,
+                                    spill_dir=self.spill_dir, **self.writer_options)
+        return self._writer
+
+    @property
+    def background_seconds_per_point(self) -> float | None:
+        """The background writer's thread time per point sent in this fit so far (None before its first batch):
+        what the ``WeightDecay`` callback adds to a statistics call's cost when it picks its interval."""
+        return self._writer.seconds_per_point if self._writer is not None else None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every metric logged so far is in the store (up to ``timeout`` s); whether it is."""
@@ -90,6 +113,9 @@ class BufferedMLFlowLogger(MLFlowLogger):
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         self._tolerate("log the hyperparameters", super().log_hyperparams, params)
+        if self._writer is None:  # at fit start: the thread's start is not paid by the first metrics
+            with contextlib.suppress(Exception):  # the store is unavailable: log_metrics tries again (and says so)
+                self._start_writer()
 
     @override
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
@@ -102,17 +128,17 @@ class BufferedMLFlowLogger(MLFlowLogger):
             return
         status = {"success": "FINISHED", "failed": "FAILED", "finished": "FINISHED"}.get(status, status)
         writer, self._writer = self._writer, None
-        spilled = None
+        spilled, unsent = None, 0
         if writer is not None:
             try:
                 spilled = writer.close(self.flush_timeout)
             finally:
+                unsent = writer.put_count - writer.sent
                 self.points_sent += writer.sent
-                self.points_unsent += writer.put_count - writer.sent
+                self.points_unsent += unsent
                 self.writer_cpu_seconds += writer.cpu_seconds
-            if self.strict and writer.put_count != writer.sent:
-                status = "FAILED"
-        unsent = writer.put_count - writer.sent if writer is not None else 0
+        if self.strict and unsent:
+            status = "FAILED"
         client = self._mlflow_client
         try:
             if self._checkpoint_callback:
@@ -122,7 +148,9 @@ class BufferedMLFlowLogger(MLFlowLogger):
                                (f", in {spilled}" if spilled else " (dropped)"))
             client.set_terminated(self.run_id, status)
         except Exception as error:
-            self.unsent_file = spilled = _append(spilled, self.spill_dir, self.run_id, {"terminate": status})
+            spilled = append_records(spilled or self.spill_dir / f"{self.run_id}.jsonl", self.run_id,
+                                     [{"terminate": status}])
+            self.unsent_file = spilled
             message = (f"lightning_wd: could not end MLflow run {self.run_id} as {status} at {self.where} "
                        f"({one_line(error, 200)}); it shows RUNNING there until "
                        f"lightning_wd.tracking.writer.replay({str(spilled)!r}, client) sets it")
@@ -131,9 +159,9 @@ class BufferedMLFlowLogger(MLFlowLogger):
             warnings.warn(message, UserWarning, stacklevel=2)
         else:
             self.unsent_file = spilled
-        if self.strict and writer is not None and writer.put_count != writer.sent:
-            raise TrackingWriteError(f"{writer.put_count - writer.sent} metric points of run {self.run_id} were "
-                                     f"not written to {self.where} (strict)")
+        if self.strict and unsent:
+            raise TrackingWriteError(f"{unsent} metric points of run {self.run_id} were not written to {self.where} "
+                                     "(strict)")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -149,14 +177,3 @@ class BufferedMLFlowLogger(MLFlowLogger):
             warnings.warn(f"lightning_wd: could not {what} to MLflow run {self._run_id} at {self.where}: "
                           f"{one_line(error, 300)}; training goes on", UserWarning, stacklevel=3)
 
-
-def _append(path: Path | None, folder: Path, run_id: str, record: dict) -> Path | None:
-    """Add ``record`` (for ``run_id``) to the spill file ``path`` (default ``<folder>/<run_id>.jsonl``)."""
-    try:
-        path = path or (folder / f"{run_id}.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as file:
-            file.write(json.dumps({"run_id": run_id, **record}) + "\n")
-        return path.resolve()
-    except OSError:
-        return None

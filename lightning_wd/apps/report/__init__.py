@@ -3,7 +3,8 @@
 Every number comes from fits of the shipped recipe ``report_mnist1d_mlp`` (the article's setting: an MLP that
 overfits MNIST-1D), run through the same code path as ``lightning-wd fit`` and logged to MLflow, so the
 runs can be compared in the MLflow UI. ``report.md`` gives, per table, the article's claim, our
-measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it.
+measurement (mean ± sd over seeds) and a verdict; PNG figures sit next to it. Sections L1-L6 then reproduce one
+qualitative claim of each item of the recent literature the library ships (:func:`literature_sections`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["build_report", "geometric_sequence", "main", "run_all", "where_it_acts"]
+__all__ = ["build_report", "geometric_sequence", "literature_sections", "main", "run_all", "where_it_acts"]
 
 PROG = "lightning-wd report"
 EXPERIMENT = "lightning_wd_report"
@@ -144,10 +145,7 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
         t.table9(runs, {"L2": "l2", "L1": "l1", "batch normalisation": "batchnorm"}, n),
         t.table10(runs, "decoupled", n),
     ]
-    from lightning_wd.apps.report.literature import adamc_section, low_rank_section
-
-    sections += [adamc_section(out, seeds=seeds, steps=300 if quick else 500),
-                 low_rank_section(out, seeds=seeds, steps=600 if quick else 1500)]
+    sections += literature_sections(out, seeds, quick, log)
     by = {s.key: s for s in settings}
     figures.curves(out / "curves.png", {"no decay": runs["none"], "decoupled": runs["decoupled"]},
                    [("train/acc", "train accuracy"), ("val/acc", "validation accuracy")], "With and without decay")
@@ -165,6 +163,30 @@ def build_report(out: Path, *, quick: bool = False, seeds: int | None = None, ep
     path.write_text(_markdown(sections, runs, sweep, seeds, epochs, quick, time.perf_counter() - started,
                               experiment, store))
     return path
+
+
+def literature_sections(out: Path, seeds: int, quick: bool, log=print) -> list:
+    """Sections L1-L6: one qualitative claim of each item of the recent literature the library ships (issue 16),
+    each with its figure; plain torch loops on CPU, about 3 min in all at ``quick`` sizes on a 2-core machine."""
+    from lightning_wd.apps.report.equilibrium import equilibrium_section
+    from lightning_wd.apps.report.literature import adamc_section, low_rank_section
+    from lightning_wd.apps.report.targets import spd_section, target_norm_section
+    from lightning_wd.apps.report.timescale import FULL, timescale_section
+
+    runs = [
+        ("AdamC", lambda: adamc_section(out, seeds=seeds, steps=300 if quick else 500)),
+        ("low-rank bias", lambda: low_rank_section(out, seeds=seeds, steps=600 if quick else 1500)),
+        ("equilibrium", lambda: equilibrium_section(out, seeds=seeds, steps=1000 if quick else 2000)),
+        ("target_norm", lambda: target_norm_section(out, seeds=seeds, steps=600 if quick else 1000)),
+        ("SPD", lambda: spd_section(out, seeds=seeds, epochs=40 if quick else 60)),
+        ("timescale transfer", lambda: timescale_section(out, seeds=seeds, **({} if quick else FULL))),
+    ]
+    sections = []
+    for name, build in runs:
+        started = time.perf_counter()
+        sections.append(build())
+        log(f"report: literature section {sections[-1].number} ({name}): {time.perf_counter() - started:.1f} s")
+    return sections
 
 
 def _store(tracking_uri: str | None) -> str:
@@ -190,7 +212,9 @@ def _markdown(sections, runs, sweep, seeds, epochs, quick, seconds, experiment, 
         "direction and shape of each claim, not its digits.", "",
     ]
     for s in sections:
-        lines += [f"## Table {s.number}: {s.title}", "", f"**Article:** {s.claim}", "", s.measured, "",
+        paper = s.number.startswith("L")  # the literature sections: the claim is a paper's
+        lines += [f"## {'Section' if paper else 'Table'} {s.number}: {s.title}", "",
+                  f"**{'Paper' if paper else 'Article'}:** {s.claim}", "", s.measured, "",
                   f"**Verdict:** {s.verdict}", ""]
         if s.figure:
             lines += [f"![{s.title}]({s.figure})", ""]
