@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import zlib
 
-__all__ = ["RUN_COLOUR_TAG", "setting_colour", "setting_key", "trial_colour"]
+__all__ = ["OTHER_COLOURS", "RUN_COLOUR_TAG", "setting_colour", "setting_key", "trial_colour"]
 
 #: the tag the MLflow UI reads a run's colour from (and writes when a user picks one)
 RUN_COLOUR_TAG = "mlflow.runColor"
 #: the settings of the report and the shipped recipes, each with its colour (matplotlib's tab10, in hex)
 _COLOURS = {"none": "#7f7f7f", "decoupled": "#1f77b4", "l1": "#ff7f0e", "l2": "#2ca02c", "batchnorm": "#9467bd"}
-#: any other setting: a stable pick from the rest of tab10
-_OTHERS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+#: any other setting: a stable pick from the rest of tab10 (also the figures' colours for the lines of
+#: one setting's variants, e.g. strengths)
+OTHER_COLOURS = ("#d62728", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 #: the trials' colours: tab10 without grey, then its light shades
 _TRIALS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5")
@@ -56,7 +57,7 @@ def setting_colour(label: str) -> str:
         True
     """
     key = setting_key(label)
-    return _COLOURS.get(key) or _OTHERS[zlib.crc32(key.encode()) % len(_OTHERS)]
+    return _COLOURS.get(key) or OTHER_COLOURS[zlib.crc32(key.encode()) % len(OTHER_COLOURS)]
 
 
 def trial_colour(number: int) -> str:

@@ -107,12 +107,13 @@ def equilibrium_section(out: Path, seeds: int = 3, strengths: tuple[float, ...] 
 
 
 def _figure(path: Path, traces, strengths, lr: float) -> None:
-    from lightning_wd.apps.report.figures import _OTHERS, _pyplot, _save
+    from lightning_wd.apps.report.figures import _pyplot, _save
+    from lightning_wd.tracking.colours import OTHER_COLOURS
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     styles = dict(zip(INVARIANT, ("-", ":")))
-    for colour, s in zip(("tab:blue", *_OTHERS), strengths):
+    for colour, s in zip(("tab:blue", *OTHER_COLOURS), strengths):
         steps = traces[s][0]["step"]
         for metric, ax in zip(METRICS, axes):
             for name in INVARIANT:
