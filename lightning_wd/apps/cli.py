@@ -140,7 +140,7 @@ def _run_lightning(argv: list[str]) -> int:
         subcommand, *args = check_config_files(argv)
         from lightning_wd.apps.runner import build_cli
 
-        quiet.install(verbose, once=quiet.ONCE)
+        quiet.install(verbose, once=quiet.ONCE[1:])  # one fit: its audit always; the interval notice once
         started = time.perf_counter()
         cli = build_cli(overrides=args, subcommand=subcommand)
         if getattr(cli, "trainer", None) is not None and cli.trainer.is_global_zero:  # once, not per ddp rank

@@ -27,7 +27,8 @@ BANNERS = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "S
            "Loading `train_dataloader`", "`Trainer.fit` stopped", "LOCAL_RANK:", "Experiment with name",
            "Creating initial MLflow database tables", "Updating database tables", "Context impl",
            "Will assume", "Running upgrade", "`Trainer(limit_")
-#: messages of this library shown the first time only (see the module docstring)
+#: messages of this library shown the first time only (see the module docstring): ``tune`` and ``report``
+#: pass both, ``fit`` (one fit, one audit) the second
 ONCE = ("WeightDecay (", "WeightDecay: statistics every")
 #: deprecation noise of the installed libraries, as ``warnings`` message patterns
 WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
