@@ -169,7 +169,8 @@ def fit_all(out: str, strategy: str, steps_per_epoch: int) -> None:
     results, rank = {}, 0
     for name, (kwargs, optimizer) in CONFIGS.items():
         model = Net(optimizer, fsdp=strategy == "fsdp2")
-        cb = WeightDecay(**{**EVERYTHING, **kwargs})
+        fused = True if os.environ.get("FUSED_MIN_NUMEL") else "auto"  # True: every scheme with a fused form
+        cb = WeightDecay(**{**EVERYTHING, **kwargs, "fused": fused})
         t = trainer(strategy, [cb])
         t.fit(model, loader(strategy, steps_per_epoch))
         weights, rank = full_weights(model, t), t.global_rank

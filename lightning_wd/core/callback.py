@@ -107,11 +107,13 @@ class WeightDecay(Callback):
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
         split_groups: split the optimizer's groups so that it decays natively (changes the groups; opt-in).
         fused: ``"auto"`` (default): with ``torch.optim.Adam``/``AdamW``/``SGD`` (with momentum) and a self-applied
-            ``decoupled``, ``l2``, ``l1``, ``elastic_net``, ``l2_sp`` or ``cautious``, tensors of 2^18 elements and
-            more take one compiled update that does the optimizer's step and the decay together
-            (:mod:`lightning_wd.core.fused`; compiled once at fit start; same results and optimizer state as the
-            general path); True: the same, and warn about the tensors that cannot; False: the general path only.
-            The audit says which path each group took and why.
+            ``decoupled``, ``l2``, ``elastic_net`` or ``cautious``, CPU tensors of 2^18 elements and more take one
+            compiled update that does the optimizer's step and the decay together (:mod:`lightning_wd.core.fused`;
+            compiled once at fit start; same results and optimizer state as the general path); ``l1`` and
+            ``l2_sp``, whose fused step measured no faster, and CUDA tensors, where it is not yet verified, keep
+            the general path. True: every scheme with a fused form, on any device, and a warning about the
+            tensors that cannot take it; False: the general path only. The audit says which path each group took
+            and why.
 
     Raises:
         ValueError: an argument out of range, with its name and the allowed values.

@@ -13,7 +13,7 @@ from lightning_wd.core import flat_shards
 from lightning_wd.core.distributed import is_sharded
 from lightning_wd.core.fused.kernels import COMPILE_SECONDS, SLOTS, compiled
 from lightning_wd.core.messages import one_line
-from lightning_wd.core.schemes import L1, L2, L2SP, Cautious, Decoupled, ElasticNet, Scheme
+from lightning_wd.core.schemes import Scheme
 
 __all__ = ["FUSED_CHOICES", "MIN_NUMEL", "FusedPath", "check_fused", "scheme_variant"]
 
@@ -48,30 +48,14 @@ def check_fused(value) -> str | bool:
 def scheme_variant(scheme: Scheme) -> tuple[str, str] | None:
     """``(pre, post)`` of the fused kernel that does ``scheme`` (:mod:`~lightning_wd.core.fused.kernels`), or None.
 
-    Only the built-in classes themselves (a subclass may change the rule).
+    The ``fused_variant`` that the scheme's own class declares (a subclass may change the rule: not inherited).
 
     Example:
         >>> from lightning_wd.core.schemes import get_scheme
         >>> scheme_variant(get_scheme("l1")), scheme_variant(get_scheme("group_lasso"))
         (('none', 'shrink'), None)
     """
-    return {Decoupled: ("mul", "none"), L2: ("grad", "none"), L1: ("none", "shrink"),
-            ElasticNet: ("grad", "shrink"), L2SP: ("lerp", "none"), Cautious: ("none", "cautious")}.get(type(scheme))
-
-
-def coefficients(scheme: Scheme, rate: float, strength: float) -> tuple[float, float | None]:
-    """Slots ``a`` and ``b`` of the coefficient tensor for ``scheme`` at this step (the general path's scalars)."""
-    if isinstance(scheme, Decoupled):
-        return 1.0 - rate, 0.0
-    if isinstance(scheme, ElasticNet):
-        return scheme.native_strength(strength), rate * scheme.l1_ratio
-    if isinstance(scheme, L2):
-        return strength, 0.0
-    if isinstance(scheme, L1):
-        return 0.0, rate
-    if isinstance(scheme, L2SP):
-        return rate, None  # b: 1 - rate, formed from the rounded rate as torch's lerp forms it
-    return 0.0, -rate  # cautious
+    return vars(type(scheme)).get("fused_variant")
 
 
 def _notice(message: str) -> None:
@@ -126,6 +110,8 @@ class FusedPath:
             return f"no fused form for {type(self.optimizer).__name__} (Adam, AdamW and SGD with momentum have one)"
         if self.variant is None:
             return f"no fused form for scheme {self.scheme.name}"
+        if self.mode == "auto" and not self.scheme.fused_by_default:
+            return f"fused='auto' keeps {self.scheme.name} general: its fused step measured no faster (fused=True)"
         if native:
             return _NATIVE
         for option in ("capturable", "differentiable"):
@@ -149,6 +135,8 @@ class FusedPath:
             return f"under {self.min_numel} elements"
         if not p.is_contiguous() or p.is_sparse or p.device.type not in ("cpu", "cuda"):
             return "layout or device"
+        if self.mode == "auto" and p.device.type != "cpu":
+            return f"fused='auto' fuses on CPU only: not yet verified on {p.device.type} (fused=True)"
         return None
 
     def add(self, buckets: Iterable) -> None:
@@ -246,8 +234,8 @@ class FusedPath:
         amsgrad, variant = bool(group["amsgrad"]), self._variant(group, rate)
         beta1, beta2 = (float(b) for b in group["betas"])
         lr, eps = float(group["lr"]), float(group["eps"])
-        a, b = coefficients(self.scheme, rate, strength)
-        references = self.scheme._references(params, state) if isinstance(self.scheme, L2SP) else params
+        a, b = self.scheme.fused_coefficients(rate, strength)
+        references = self.scheme._references(params, state) if self.variant[0] == "lerp" else params
         cache: dict = {}
         for i, p in enumerate(params):
             key = (values[i], p.dtype, p.device)
@@ -270,9 +258,9 @@ class FusedPath:
     def _sgd_step(self, group: dict, params: list[Tensor], rate: float, strength: float, state: dict) -> None:
         """SGD with momentum: the buffer is the optimizer's ``momentum_buffer`` (created at the first step, where
         torch sets it to the gradient: ``0 * 0 + 1 * grad`` here)."""
-        variant, (a, b) = self._variant(group, rate), coefficients(self.scheme, rate, strength)
+        variant, (a, b) = self._variant(group, rate), self.scheme.fused_coefficients(rate, strength)
         momentum, dampening, lr = float(group["momentum"]), float(group["dampening"]), float(group["lr"])
-        references = self.scheme._references(params, state) if isinstance(self.scheme, L2SP) else params
+        references = self.scheme._references(params, state) if self.variant[0] == "lerp" else params
         cache: dict = {}
         for p, ref in zip(params, references):
             own = self.optimizer.state[p]

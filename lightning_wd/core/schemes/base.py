@@ -43,6 +43,12 @@ class Scheme:
       :mod:`lightning_wd.core.distributed`). Otherwise (the default) the statistics hand it this rank's local
       shards (and state), and its penalty and extra statistics must be sums over elements or rows.
       The update methods always receive the DTensors: element-wise ``torch._foreach_*`` work on them as is.
+    * ``fused_variant``: ``(pre, post)`` of the compiled Adam/AdamW/SGD update that does this rule inside the
+      optimizer's own step (:mod:`lightning_wd.core.fused.kernels`), with :meth:`fused_coefficients` its
+      scalars; None: no fused form. Read from the class that declares it only (a subclass that changes the rule
+      is not fused unless it declares its own).
+    * ``fused_by_default``: whether ``fused="auto"`` takes the fused form (where it measured faster than the
+      general path: benchmarks/RESULTS.md section 2); ``fused=True`` takes it regardless.
     """
 
     name: ClassVar[str]
@@ -53,6 +59,12 @@ class Scheme:
     makes_exact_zeros: ClassVar[bool] = False
     search_range: ClassVar[tuple[float, float]] = (1e-6, 1e-2)
     shard_aware: ClassVar[bool] = False
+    fused_variant: ClassVar[tuple[str, str] | None] = None
+    fused_by_default: ClassVar[bool] = True
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        """Slots ``a`` and ``b`` of the fused kernel's coefficients at this step (the general path's scalars)."""
+        raise NotImplementedError(f"scheme {self.name!r} has no fused form")
 
     def hparams(self) -> dict[str, float]:
         """The scheme's own settings (beyond ``strength``), for logs and checkpoints."""

@@ -35,6 +35,7 @@ class Cautious(Scheme):
     """
 
     name = "cautious"
+    fused_variant = ("none", "cautious")
     search_range = (1e-6, 1.0)
 
     def before_update(self, params, grads, rate, strength, state):
@@ -83,3 +84,6 @@ class Cautious(Scheme):
             targets += members
         if targets:
             torch._foreach_add_(targets, corrections)
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        return 0.0, -rate

@@ -20,8 +20,12 @@ class Decoupled(Scheme):
 
     name = "decoupled"
     native = "decoupled"
+    fused_variant = ("mul", "none")
     search_range = (1e-6, 1.0)
 
     def before_update(self, params, grads, rate, strength, state):
         if rate and params:
             torch._foreach_mul_(params, 1.0 - rate)
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        return 1.0 - rate, 0.0

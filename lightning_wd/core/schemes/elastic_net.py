@@ -30,6 +30,7 @@ class ElasticNet(Scheme):
 
     name = "elastic_net"
     native = "coupled"
+    fused_variant = ("grad", "shrink")
     makes_exact_zeros = True
 
     def __init__(self, l1_ratio: float = 0.5) -> None:
@@ -53,3 +54,6 @@ class ElasticNet(Scheme):
 
     def penalty(self, params, strength, state):
         return strength * (self.l1_ratio * l1_norm(params) + 0.5 * (1 - self.l1_ratio) * squared_norm(params))
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        return self.native_strength(strength), rate * self.l1_ratio

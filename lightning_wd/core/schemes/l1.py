@@ -18,6 +18,8 @@ class L1(Scheme):
     """
 
     name = "l1"
+    fused_variant = ("none", "shrink")
+    fused_by_default = False  # fused measured no faster than the general path (RESULTS.md section 2)
     makes_exact_zeros = True
 
     def after_update(self, params, rate, strength, state):
@@ -25,3 +27,6 @@ class L1(Scheme):
 
     def penalty(self, params, strength, state):
         return strength * l1_norm(params)
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        return 0.0, rate

@@ -20,6 +20,7 @@ class L2(Scheme):
 
     name = "l2"
     native = "coupled"
+    fused_variant = ("grad", "none")
     uses_lr = False
 
     def before_update(self, params, grads, rate, strength, state):
@@ -28,3 +29,6 @@ class L2(Scheme):
 
     def penalty(self, params, strength, state):
         return 0.5 * strength * squared_norm(params)
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        return strength, 0.0

@@ -21,6 +21,8 @@ class L2SP(Scheme):
     """
 
     name = "l2_sp"
+    fused_variant = ("lerp", "none")
+    fused_by_default = False  # fused measured no faster than the general path (RESULTS.md section 2)
     persistent_state = ("reference",)
     takes_reference = True
     search_range = (1e-6, 1e-1)
@@ -48,3 +50,6 @@ class L2SP(Scheme):
         if not params:
             return torch.zeros(())
         return 0.5 * strength * squared_norm(torch._foreach_sub(params, self._references(params, state)))
+
+    def fused_coefficients(self, rate: float, strength: float) -> tuple[float, float | None]:
+        return rate, None  # b: 1 - rate, formed from the rounded rate as torch's lerp forms it
