@@ -106,14 +106,14 @@ class WeightDecay(Callback):
         print_audit: print the grouping table at fit start (rank zero).
         native: let the optimizer decay whole groups itself where it can (False: always the callback's passes).
         split_groups: split the optimizer's groups so that it decays natively (changes the groups; opt-in).
-        fused: ``"auto"`` (default): with ``torch.optim.Adam``/``AdamW``/``SGD`` (with momentum) and a self-applied
-            ``decoupled``, ``l2``, ``elastic_net`` or ``cautious``, CPU tensors of 2^18 elements and more take one
-            compiled update that does the optimizer's step and the decay together (:mod:`lightning_wd.core.fused`;
-            compiled once at fit start; same results and optimizer state as the general path); ``l1`` and
-            ``l2_sp``, whose fused step measured no faster, and CUDA tensors, where it is not yet verified, keep
-            the general path. True: every scheme with a fused form, on any device, and a warning about the
-            tensors that cannot take it; False: the general path only. The audit says which path each group took
-            and why.
+        fused: ``"auto"`` (default): with ``torch.optim.Adam``/``AdamW``/``SGD`` (with momentum) and
+            ``elastic_net`` or ``cautious``, CPU tensors of 2^18 elements and more take one compiled update that
+            does the optimizer's step and the decay together (:mod:`lightning_wd.core.fused`; compiled once at
+            fit start; same results and optimizer state as the general path); the other schemes with a fused
+            form (``l1``, ``l2_sp``: measured no faster; self-applied ``decoupled``, ``l2``: not measured) and
+            CUDA tensors (not yet verified) keep the general path. True: every scheme with a fused form, on any
+            device, and a warning about the tensors that cannot take it; False: the general path only. The audit
+            says which path each group took and why.
 
     Raises:
         ValueError: an argument out of range, with its name and the allowed values.

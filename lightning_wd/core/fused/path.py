@@ -111,7 +111,7 @@ class FusedPath:
         if self.variant is None:
             return f"no fused form for scheme {self.scheme.name}"
         if self.mode == "auto" and not self.scheme.fused_by_default:
-            return f"fused='auto' keeps {self.scheme.name} general: its fused step measured no faster (fused=True)"
+            return f"fused='auto' keeps {self.scheme.name} general: its fused step is not measured faster (fused=True)"
         if native:
             return _NATIVE
         for option in ("capturable", "differentiable"):

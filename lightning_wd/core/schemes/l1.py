@@ -19,7 +19,7 @@ class L1(Scheme):
 
     name = "l1"
     fused_variant = ("none", "shrink")
-    fused_by_default = False  # fused measured no faster than the general path (RESULTS.md section 2)
+    fused_by_default = False  # its fused step measured no faster than the general path (RESULTS.md section 2)
     makes_exact_zeros = True
 
     def after_update(self, params, rate, strength, state):

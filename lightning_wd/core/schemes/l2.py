@@ -21,6 +21,7 @@ class L2(Scheme):
     name = "l2"
     native = "coupled"
     fused_variant = ("grad", "none")
+    fused_by_default = False  # not measured faster than its one general pass (RESULTS.md section 2)
     uses_lr = False
 
     def before_update(self, params, grads, rate, strength, state):

@@ -22,7 +22,7 @@ class L2SP(Scheme):
 
     name = "l2_sp"
     fused_variant = ("lerp", "none")
-    fused_by_default = False  # fused measured no faster than the general path (RESULTS.md section 2)
+    fused_by_default = False  # its fused step measured no faster than the general path (RESULTS.md section 2)
     persistent_state = ("reference",)
     takes_reference = True
     search_range = (1e-6, 1e-1)
