@@ -61,19 +61,24 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
+def _step_alike(fast, general, targets, noises, same_zeros: bool) -> None:
+    """Step both runs on the same noises; after every step their weights agree to 1e-12 (and their zeros)."""
+    for noise in noises:
+        fast.step(targets, noise)
+        general.step(targets, noise)
+        for a, b in zip(fast.params, general.params):
+            assert _close(a, b) <= 1e-12
+            if same_zeros:
+                assert torch.equal(a == 0, b == 0)
+
+
 @pytest.mark.parametrize(("name", "opt_cls"), CASES, ids=[f"{n}-{o.__name__}" for n, o in CASES])
 def test_fused_matches_general_every_step_and_the_reference(name, opt_cls):
     weights, targets, noises = _problem(seed=len(name))
     fast = Run(name, opt_cls, weights, path=True)
     general = Run(name, opt_cls, weights, path=False, foreach=False)
     assert fast.decay.fused.describe() == ["group 0: 3 fused (0.0M elements)"]
-    for noise in noises:
-        fast.step(targets, noise)
-        general.step(targets, noise)
-        for a, b in zip(fast.params, general.params):
-            assert _close(a, b) <= 1e-12
-            if name in ZEROS:
-                assert torch.equal(a == 0, b == 0)
+    _step_alike(fast, general, targets, noises, same_zeros=name in ZEROS)
     if name in ZEROS:
         zeros = sum(int((p == 0).sum()) for p in fast.params)
         assert 0 < zeros < sum(p.numel() for p in fast.params)  # both sides of the threshold
@@ -295,12 +300,7 @@ def test_fused_sgd_with_momentum_matches_general_every_step_and_its_state(name, 
     fast = Run(name, torch.optim.SGD, weights, path=True, lr=0.05, momentum=0.9, **options)
     general = Run(name, torch.optim.SGD, weights, path=False, lr=0.05, momentum=0.9, foreach=False, **options)
     assert fast.decay.fused.describe() == ["group 0: 3 fused (0.0M elements)"]
-    for noise in noises:
-        fast.step(targets, noise)
-        general.step(targets, noise)
-        for a, b in zip(fast.params, general.params):
-            assert _close(a, b) <= 1e-12
-            assert torch.equal(a == 0, b == 0)
+    _step_alike(fast, general, targets, noises, same_zeros=True)
     for a, b in zip(fast.params, general.params):
         buffers = fast.opt.state[a]["momentum_buffer"], general.opt.state[b]["momentum_buffer"]
         assert set(fast.opt.state[a]) == {"momentum_buffer"} and _close(*buffers) <= 1e-12
