@@ -51,14 +51,21 @@ def test_fits_are_named_from_their_setting_and_seed(tmp_path, monkeypatch, mlflo
     assert second.data.tags["mlflow.runColor"] == setting_colour("decoupled") == "#1f77b4"
 
 
-def test_one_account_of_the_decay_in_the_params(tmp_path, monkeypatch, mlflow_sqlite):
+def _mlp_recipe(tmp_path, monkeypatch, **decay):
+    """A one-epoch recipe of the example MLP (its own ``weight_decay=0.0`` argument set) with ``decay``, run from
+    ``tmp_path``: its path."""
     monkeypatch.chdir(tmp_path)
     recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
     recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
                        "init_args": {"in_features": 8, "hidden": [4], "num_classes": 3, "weight_decay": 0.0}}
-    recipe["trainer"]["callbacks"][0]["init_args"].update(scheme="decoupled", strength=0.25)
+    recipe["trainer"]["callbacks"][0]["init_args"].update(**decay)
     path = tmp_path / "mlp.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_one_account_of_the_decay_in_the_params(tmp_path, monkeypatch, mlflow_sqlite):
+    path = _mlp_recipe(tmp_path, monkeypatch, scheme="decoupled", strength=0.25)
     assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite,
                  "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]) == 0
     (run,) = _runs(mlflow_sqlite)
@@ -145,13 +152,7 @@ def test_config_saved_in_the_log_dir_of_a_csv_logger(tmp_path, monkeypatch):
 def test_csv_hparams_yaml_carries_the_decay_account_mlflow_gets(tmp_path, monkeypatch, mlflow_sqlite):
     """hparams.yaml of a CSVLogger: the same wd.*, optimizer.* and seed entries as the MLflow params of the
     same fit, and the same model hparams left out (the superseded weight_decay, _instantiator)."""
-    monkeypatch.chdir(tmp_path)
-    recipe = yaml.safe_load(write_recipe(tmp_path, max_epochs=1).read_text())
-    recipe["model"] = {"class_path": "lightning_wd.examples.MLP",
-                       "init_args": {"in_features": 8, "hidden": [4], "num_classes": 3, "weight_decay": 0.0}}
-    recipe["trainer"]["callbacks"][0]["init_args"].update(scheme="l1", strength=0.01)
-    path = tmp_path / "mlp.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = _mlp_recipe(tmp_path, monkeypatch, scheme="l1", strength=0.01)
     quick = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--seed_everything", "7"]
     assert main(["fit", "--config", str(path), "--tracking_uri", mlflow_sqlite, *quick]) == 0
     assert main(["fit", "--config", str(path), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
