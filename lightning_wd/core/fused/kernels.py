@@ -36,11 +36,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["COMPILE_SECONDS", "SLOTS", "Variant", "compiled", "eager", "sgd_update_fn", "update_fn"]
+__all__ = ["COMPILE_SECONDS", "SGD_SLOTS", "SLOTS", "Variant", "compiled", "eager", "sgd_update_fn", "update_fn"]
 
 #: Positions in the coefficient tensor.
 SLOTS = {"one_minus_beta1": 0, "beta1": 1, "beta2": 2, "one_minus_beta2": 3, "bc2_sqrt": 4, "eps": 5,
          "neg_step_size": 6, "sign": 7, "a": 8, "b": 9}
+#: The same positions as SGD with momentum's kernel reads them (``buf * keep + grad_weight * g``).
+SGD_SLOTS = {"keep": 0, "grad_weight": 1, "momentum": 2, "neg_lr": 6, "a": 8, "b": 9}
 
 #: ``(pre, post, amsgrad, maximize, m_low, ref_low)``; ``m_low``/``ref_low``: the weight of the first moment's lerp
 #: (``1 - beta1``) / of l2_sp's lerp (the rate) is below 0.5, so that it takes the first of torch's two lerp

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lightning_wd.core import flat_shards
 from lightning_wd.core.distributed import is_sharded
-from lightning_wd.core.fused.kernels import COMPILE_SECONDS, SLOTS, compiled
+from lightning_wd.core.fused.kernels import COMPILE_SECONDS, SGD_SLOTS, SLOTS, compiled
 from lightning_wd.core.messages import one_line
 from lightning_wd.core.schemes import Scheme
 
@@ -271,9 +271,11 @@ class FusedPath:
             c = cache.get(key)
             if c is None:
                 values = [0.0] * len(SLOTS)
-                values[0], values[1] = (0.0, 1.0) if first else (momentum, 1 - dampening)
-                values[2], values[6], values[8] = momentum, -lr, a
-                values[9] = 1 - float(torch.tensor(a, dtype=p.dtype)) if b is None else b
+                keep, grad_weight = (0.0, 1.0) if first else (momentum, 1 - dampening)
+                values[SGD_SLOTS["keep"]], values[SGD_SLOTS["grad_weight"]] = keep, grad_weight
+                values[SGD_SLOTS["momentum"]], values[SGD_SLOTS["neg_lr"]] = momentum, -lr
+                values[SGD_SLOTS["a"]] = a
+                values[SGD_SLOTS["b"]] = 1 - _rounded(a, p.dtype) if b is None else b
                 c = cache[key] = torch.tensor(values, dtype=p.dtype).to(p.device, non_blocking=True)
             flat = p.detach().view(-1)
             self._kernel(variant, p.device.type)(flat, p.grad.detach().view(-1), own["momentum_buffer"].view(-1),
@@ -291,7 +293,7 @@ def _coefficient_tensor(step: float, lr: float, beta1: float, beta2: float, eps:
     """The step's scalars as torch's eager kernels see them: each rounded to the tensors' dtype as it is passed
     (the ``1 - weight`` of a lerp from the rounded weight, as the kernel forms it)."""
     def rounded(x: float) -> float:
-        return float(torch.tensor(x, dtype=dtype))
+        return _rounded(x, dtype)
 
     bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
     w1 = rounded(1 - beta1)
@@ -303,3 +305,8 @@ def _coefficient_tensor(step: float, lr: float, beta1: float, beta2: float, eps:
     values[SLOTS["sign"]] = -1.0 if maximize else 1.0
     values[SLOTS["a"]], values[SLOTS["b"]] = a, 1 - rounded(a) if b is None else b
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def _rounded(x: float, dtype: torch.dtype) -> float:
+    """``x`` as a tensor of ``dtype`` holds it (how torch's eager kernels see a Python scalar argument)."""
+    return float(torch.tensor(x, dtype=dtype))
