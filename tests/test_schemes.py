@@ -325,6 +325,16 @@ def _mixed_problem(seed, shapes=MIXED):
     return weights, targets, gen
 
 
+def _step_with(scheme, params, opt, state, targets, noise, rate, strength) -> None:
+    """One optimizer step of ``opt`` with ``scheme``'s passes around it, on gradients ``(p - target) + noise``."""
+    for p, t, n in zip(params, targets, noise):
+        p.grad = (p.detach() - t) + n
+    with torch.no_grad():
+        scheme.before_update(params, [p.grad for p in params], rate, strength, state)
+        opt.step()
+        scheme.after_update(params, rate, strength, state)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("name", ["l1", "elastic_net", "group_lasso", "cautious"])
 def test_fast_passes_match_the_previous_code_every_step(name, optimizer):
@@ -345,12 +355,7 @@ def test_fast_passes_match_the_previous_code_every_step(name, optimizer):
         strength = 0.4 * (1.0 + 0.5 * math.sin(0.3 * step))
         rate = (0.05 if optimizer == "sgd" else 0.02) * strength
         for scheme, params, opt, state in runs:
-            for p, t, n in zip(params, targets, noise):
-                p.grad = (p.detach() - t) + n
-            with torch.no_grad():
-                scheme.before_update(params, [p.grad for p in params], rate, strength, state)
-                opt.step()
-                scheme.after_update(params, rate, strength, state)
+            _step_with(scheme, params, opt, state, targets, noise, rate, strength)
         for new, old in zip(runs[0][1], runs[1][1]):
             torch.testing.assert_close(new, old, rtol=0, atol=1e-12)
             assert torch.equal(new == 0, old == 0), f"step {step}: zero pattern differs for shape {tuple(new.shape)}"
@@ -373,12 +378,7 @@ def test_fast_passes_match_the_reference_on_mixed_shapes(name):
     opts = [ref.SGDMomentum(lr, 0.9) for _ in ws]
     for noise, strength in zip(noises, strengths):
         rate = lr * strength
-        for p, t, n in zip(params, targets, noise):
-            p.grad = (p.detach() - t) + n
-        with torch.no_grad():
-            scheme.before_update(params, [p.grad for p in params], rate, strength, state)
-            opt.step()
-            scheme.after_update(params, rate, strength, state)
+        _step_with(scheme, params, opt, state, targets, noise, rate, strength)
         for i in range(len(ws)):
             extra = {"reference": references[i]} if name == "l2_sp" else {}
             ws[i] = ref.SCHEMES[name](ws[i], (ws[i] - targets[i]) + noise[i], opts[i], rate, strength, **extra)
