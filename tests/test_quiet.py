@@ -8,22 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from tuning_toy import write_recipe
 
 from lightning_wd.apps import quiet
 from lightning_wd.apps.cli import main
 
 TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-from tuning_toy import write_recipe  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _restore():
-    threads = torch.get_num_threads()
     yield
-    torch.set_num_threads(threads)
-    quiet.install(verbose=True)  # leave no filter to the other tests
+    quiet.install(verbose=True)  # leave no filter to the other tests (conftest restores the thread count)
 
 
 def _banners(text: str) -> list[str]:

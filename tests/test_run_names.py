@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
-import torch
 import yaml
+from tuning_toy import write_recipe
 
 from lightning_wd.apps.cli import main
-
-TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-from tuning_toy import write_recipe  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _runs(uri: str):
